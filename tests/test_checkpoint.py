@@ -1,0 +1,115 @@
+"""Self-describing checkpoints: round trip, safe loading, clear errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import vtviz
+from vtviz.checkpoint import CheckpointError
+
+
+def test_round_trip_identical_logits(small_model, checkpoint):
+    loaded = vtviz.load_model(checkpoint, device="cpu")
+    assert not loaded.training
+    meta = vtviz.model_meta(loaded)
+    assert meta.classes == vtviz.model_meta(small_model).classes
+    assert meta.config == small_model.config
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small_model(x), atol=0, rtol=0)
+
+
+def test_float16_storage_loads_into_float32(tmp_path, small_model):
+    path = vtviz.save_model(small_model, tmp_path / "half", vtviz.model_meta(small_model),
+                            dtype=torch.float16)
+    assert path.suffix == ".safetensors"
+    loaded = vtviz.load_model(path, device="cpu")
+    assert next(loaded.parameters()).dtype == torch.float32
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small_model(x), atol=2e-2, rtol=2e-2)
+
+
+def test_device_auto_is_cpu_here(checkpoint):
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(vtviz.load_model(checkpoint).parameters()).device.type == expected
+
+
+def test_state_dict_pt_with_meta(tmp_path, small_model):
+    path = tmp_path / "model.pt"
+    meta = vtviz.model_meta(small_model)
+    torch.save({"state_dict": small_model.state_dict(), "meta": meta.to_dict()}, path)
+    loaded = vtviz.load_model(path, device="cpu")
+    assert vtviz.model_meta(loaded).classes == meta.classes
+    bare = tmp_path / "bare.pth"
+    torch.save(small_model.state_dict(), bare)
+    with pytest.raises(CheckpointError, match="no vtviz metadata"):
+        vtviz.load_model(bare)
+    assert vtviz.load_model(bare, meta=meta, device="cpu") is not None
+
+
+class _Evil:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Evil(str(target))}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        vtviz.load_model(path)
+    assert not target.exists()
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(_Evil(str(target))))
+    with pytest.raises(CheckpointError):
+        vtviz.load_model(raw)
+    assert not target.exists()
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path, small_model):
+    meta = vtviz.model_meta(small_model)
+    other = vtviz.vt_resnet18(num_classes=9)
+    path = vtviz.save_model(other, tmp_path / "wrong", meta)  # meta says 5 classes
+    with pytest.raises(CheckpointError, match=r"'fc.weight' has shape \[9, 1024\].*\[5, 1024\]"):
+        vtviz.load_model(path)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        vtviz.load_model(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01 not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="not a safetensors checkpoint"):
+        vtviz.load_model(junk)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(CheckpointError, match="no vtviz metadata"):
+        vtviz.load_model(plain)
+    bad_arch = tmp_path / "arch.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bad_arch), metadata={
+        "vtviz": '{"config": {"arch": "vit_h14"}, "classes": ["a"]}'})
+    with pytest.raises(CheckpointError, match="unknown architecture 'vit_h14'"):
+        vtviz.load_model(bad_arch)
+    with pytest.raises(CheckpointError, match="bundled"):
+        vtviz.load_model("no-such-bundled-model")
+
+
+def test_missing_tensor_is_named(tmp_path, small_model):
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in small_model.state_dict().items() if k != "fc.bias"}
+    path = tmp_path / "partial.safetensors"
+    import json
+
+    save_file(state, str(path), metadata={"vtviz": json.dumps(vtviz.model_meta(small_model).to_dict())})
+    with pytest.raises(CheckpointError, match="missing tensor.*fc.bias"):
+        vtviz.load_model(path)

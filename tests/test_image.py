@@ -1,0 +1,145 @@
+"""Decoding every kind of image safely, and mapping maps back onto the original geometry."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vtviz
+from vtviz.image import fit_image, iter_image_files, maps_to_original
+from vtviz.meta import Fit, Preprocess
+
+
+def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG file whose header declares an enormous image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def test_rgb_round_trip(rgb, tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    out = vtviz.load_image(path)
+    assert out.dtype == np.uint8 and out.shape == (48, 80, 3)
+    np.testing.assert_array_equal(out, rgb)
+    np.testing.assert_array_equal(vtviz.load_image(path.read_bytes()), rgb)
+    np.testing.assert_array_equal(vtviz.load_image(Image.fromarray(rgb)), rgb)
+    np.testing.assert_array_equal(vtviz.load_image(rgb), rgb)
+    assert tuple(vtviz.load_image(path)[15, 35]) == (255, 0, 0)  # RGB order kept
+
+
+def test_conversions(rgb):
+    grey = vtviz.load_image(_encode(Image.fromarray(rgb).convert("L")))
+    assert grey.shape == (48, 80, 3) and (grey[..., 0] == grey[..., 2]).all()
+    rgba = np.zeros((4, 4, 4), np.uint8)  # RGBA
+    rgba[..., 0] = 255
+    rgba[:2, ..., 3] = 255  # top half opaque red, bottom half transparent
+    out = vtviz.load_image(_encode(Image.fromarray(rgba)))
+    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[3, 3]) == (255, 255, 255)
+    pal = vtviz.load_image(_encode(Image.fromarray(rgb).convert("P")))
+    assert pal.shape == (48, 80, 3)
+    sixteen = Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    assert sixteen.mode.startswith("I;16")
+    out16 = vtviz.load_image(_encode(sixteen))
+    assert out16.dtype == np.uint8 and out16[7, 7, 0] == round(63000 / 65535 * 255)
+    cmyk = vtviz.load_image(_encode(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95))
+    assert cmyk.shape == (48, 80, 3)
+    assert abs(int(cmyk[15, 35, 0]) - 255) < 30 and cmyk[15, 35, 1] < 40
+    floats = vtviz.load_image(np.ones((3, 5), np.float32))
+    assert (floats == 255).all() and floats.shape == (3, 5, 3)
+
+
+def test_exif_orientation_applied(rgb):
+    img = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = vtviz.load_image(_encode(img, "JPEG", exif=exif.tobytes(), quality=95))
+    assert out.shape == (80, 48, 3)
+
+
+@pytest.mark.parametrize("name, data, reason", [
+    ("empty.jpg", b"", "empty file"),
+    ("text.png", b"hello, I am text pretending to be a PNG\n" * 5, "not an image"),
+    ("huge.png", huge_png(), "too large"),
+])
+def test_bad_files_have_specific_errors(tmp_path, name, data, reason):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(vtviz.ImageError, match=reason) as info:
+        vtviz.load_image(path)
+    assert name in str(info.value)
+
+
+def test_truncated_jpeg(tmp_path, rgb):
+    data = _encode(Image.fromarray(np.tile(rgb, (4, 4, 1))), "JPEG", quality=90)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(vtviz.ImageError, match="cut.jpg: corrupt or truncated"):
+        vtviz.load_image(path)
+
+
+def test_missing_and_odd_inputs(tmp_path):
+    with pytest.raises(vtviz.ImageError, match="no such file"):
+        vtviz.load_image(tmp_path / "nope.jpg")
+    with pytest.raises(vtviz.ImageError, match="not a file"):
+        vtviz.load_image(tmp_path)
+    with pytest.raises(vtviz.ImageError, match="shape"):
+        vtviz.load_image(np.zeros((2, 3, 4, 5), np.uint8))
+    with pytest.raises(vtviz.ImageError, match="too large"):
+        vtviz.load_image(np.zeros((100, 100, 3), np.uint8), max_pixels=5000)
+
+
+@pytest.mark.parametrize("fit", list(Fit))
+def test_maps_land_where_the_model_looked(fit):
+    """A hot map cell must be drawn over the original pixels that fed that cell."""
+    h, w = 120, 200
+    img = np.zeros((h, w, 3), np.uint8)
+    pre = Preprocess(size=64, fit=fit)
+    fitted, geo = fit_image(img, pre)
+    assert fitted.shape == (64, 64, 3)
+    cell = torch.zeros(4, 4)
+    cell[1, 2] = 1.0  # input pixels y 16..32, x 32..48
+    out, mask = maps_to_original(cell, geo)
+    assert out.shape == (h, w) and mask.shape == (h, w)
+    y, x = np.unravel_index(out.numpy().argmax(), out.shape)
+    (sy, sx), (oy, ox) = geo.scale, geo.offset
+    yin, xin = (y + 0.5) * sy + oy, (x + 0.5) * sx + ox
+    assert 16 <= yin <= 32 and 32 <= xin <= 48
+    if fit is Fit.CROP:  # the sides were cut away: no map there
+        assert not mask[:, 0].any() and mask[:, w // 2].all()
+        y0, x0, y1, x1 = geo.visible_box()
+        assert (y0, y1) == (0, h) and x0 == pytest.approx(40, abs=1.5) and x1 == pytest.approx(160, abs=1.5)
+    else:
+        assert mask.all()
+
+
+def test_maps_to_original_smaller_output():
+    geo = fit_image(np.zeros((100, 100, 3), np.uint8), Preprocess(size=32))[1]
+    out, mask = maps_to_original(torch.ones(3, 2, 2), geo, size=(10, 10))
+    assert out.shape == (3, 10, 10)
+    torch.testing.assert_close(out, torch.ones(3, 10, 10))
+
+
+def test_iter_image_files(tmp_path, rgb):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in ["a/1.png", "a/b/2.JPG", "a/notes.txt", "3.png"]:
+        (tmp_path / p).write_bytes(b"x")
+    files = iter_image_files([tmp_path / "a", str(tmp_path / "*.png"), tmp_path / "a" / "1.png"])
+    assert [f.name for f in files] == ["1.png", "2.JPG", "3.png"]
+    with pytest.raises(FileNotFoundError):
+        iter_image_files([tmp_path / "zzz*.png"])

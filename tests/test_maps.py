@@ -1,0 +1,103 @@
+"""The typed result of token_maps, normalising, resizing and token statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import vtviz
+from vtviz.maps import (
+    Scale,
+    border_mass,
+    distinct_peaks,
+    mean_offdiagonal_cosine,
+    normalize,
+    normalized_entropy,
+    peak_positions,
+    top_share,
+    upsample,
+)
+
+
+def test_token_maps_typed_result(small_model):
+    x = torch.randn(2, 3, 96, 64)
+    maps = vtviz.token_maps(small_model, x)
+    assert maps.logits.shape == (2, 5)
+    assert maps.kinds == ["filter", "recurrent"]
+    assert maps.input_size == (96, 64)
+    first, last = maps.layers
+    assert first.attention.shape == (2, 16, 6, 4)
+    torch.testing.assert_close(first.attention.sum((-2, -1)), torch.ones(2, 16))
+    assert first.token_mixing.shape == (2, 16, 16)
+    assert first.assignment.shape == (2, 16, 6, 4)
+    torch.testing.assert_close(first.assignment.sum(1), torch.ones(2, 6, 4))
+    assert first.tokens.shape == (2, 16, 1024)
+    assert last.assignment is None
+    mixed = first.mixed_attention
+    torch.testing.assert_close(mixed.sum((-2, -1)), torch.ones(2, 16))
+    # token_maps agrees with the plain forward
+    with torch.no_grad():
+        torch.testing.assert_close(maps.logits, small_model(x), atol=0.05, rtol=0.05)
+
+
+def test_token_maps_select_and_cpu(small_model):
+    maps = vtviz.token_maps(small_model, torch.randn(3, 3, 64, 64))
+    one = maps.select(1)
+    assert one.batch_size == 1
+    torch.testing.assert_close(one.layers[0].attention[0], maps.layers[0].attention[1])
+    assert one.cpu().layers[1].assignment is None
+
+
+def test_token_maps_rejects_plain_resnet():
+    with pytest.raises(TypeError, match="VT model"):
+        vtviz.token_maps(vtviz.resnet18(num_classes=3), torch.randn(1, 3, 64, 64))
+
+
+def test_upsample_keeps_constant_and_shape():
+    maps = torch.full((2, 3, 4, 5), 0.25)
+    up = upsample(maps, (40, 50))
+    assert up.shape == (2, 3, 40, 50)
+    torch.testing.assert_close(up, torch.full_like(up, 0.25))
+
+
+def test_normalize_scales():
+    a = torch.zeros(2, 2, 3, 3)
+    a[0, 0, 0, 0] = 4.0
+    a[0, 1, 1, 1] = 2.0
+    a[1, 0, 2, 2] = 1.0
+    per_map = normalize(a, Scale.PER_MAP)
+    assert per_map[0, 1].max() == 1 and per_map[1, 0].max() == 1
+    shared = normalize(a, "shared")
+    assert shared[0, 0, 0, 0] == 1 and shared[0, 1, 1, 1] == 0.5 and shared[1, 0, 2, 2] == 0.25
+    per_layer = normalize(a, Scale.PER_LAYER)
+    assert per_layer[0, 1, 1, 1] == 0.5 and per_layer[1, 0, 2, 2] == 1
+    assert normalize(torch.ones(3, 3)).max() == 0  # flat map: no division by zero
+
+
+def test_statistics_of_known_maps():
+    uniform = torch.full((1, 2, 4, 4), 1 / 16)
+    one = torch.zeros(1, 2, 4, 4)
+    one[0, 0, 1, 2] = 1
+    one[0, 1, 3, 3] = 1
+    torch.testing.assert_close(normalized_entropy(uniform), torch.ones(1, 2))
+    torch.testing.assert_close(normalized_entropy(one), torch.zeros(1, 2))
+    assert peak_positions(one)[0].tolist() == [[1, 2], [3, 3]]
+    assert distinct_peaks(one).tolist() == [2]
+    assert mean_offdiagonal_cosine(one).item() == pytest.approx(0.0)
+    assert mean_offdiagonal_cosine(uniform).item() == pytest.approx(1.0)
+    assert border_mass(one)[0].tolist() == pytest.approx([0.0, 1.0])
+    assert border_mass(uniform)[0, 0].item() == pytest.approx(12 / 16)
+    assert top_share(uniform, 0.25)[0, 0].item() == pytest.approx(0.25)
+    assert top_share(one)[0, 0].item() == pytest.approx(1.0)
+
+
+def test_layer_stats_on_model(small_model):
+    maps = vtviz.token_maps(small_model, torch.randn(2, 3, 64, 64))
+    stats = vtviz.layer_stats(maps)
+    assert [s.kind for s in stats] == ["filter", "recurrent"]
+    for s in stats:
+        assert 0 <= s.entropy <= 1 and 0 <= s.cosine <= 1 + 1e-6
+        assert 1 <= s.distinct_peaks <= 16 and s.images == 2
+        assert math.isfinite(s.top10_share)

@@ -1,0 +1,47 @@
+"""vtviz: see what the visual tokens of a Visual Transformer attend to.
+
+Typical use::
+
+    import vtviz
+    model = vtviz.load_model("vt-r18-imagenette")        # bundled, GPU when present
+    result = vtviz.explain_images(model, ["cat.jpg"])     # one forward pass
+    layer = result.maps.layers[0]                         # layer.kind == "filter"
+    layer.attention                                       # [B, L, h, w], sums to 1 over h*w
+"""
+
+from .checkpoint import (
+    attach_meta,
+    list_pretrained,
+    load_model,
+    model_meta,
+    read_checkpoint,
+    resolve_device,
+    save_model,
+)
+from .errors import CheckpointError, ImageError, VTVizError
+from .explain import ImageMaps, explain_images, predict, token_maps, top_k
+from .image import Geometry, load_image, maps_to_original, prepare
+from .maps import (
+    LayerMaps,
+    LayerStats,
+    Scale,
+    TokenMaps,
+    layer_stats,
+    normalize,
+    normalized_entropy,
+    upsample,
+)
+from .meta import Fit, ModelMeta, Preprocess
+from .model import ModelConfig, VTResNet, build_model, resnet18, vt_resnet18, vt_resnet34
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "Fit", "Geometry", "ImageError", "ImageMaps", "LayerMaps", "LayerStats",
+    "ModelConfig", "ModelMeta", "Preprocess", "Scale", "TokenMaps", "VTResNet", "VTVizError",
+    "attach_meta", "build_model", "explain_images", "layer_stats", "list_pretrained",
+    "load_image", "load_model", "maps_to_original", "model_meta", "normalize",
+    "normalized_entropy", "predict", "prepare", "read_checkpoint", "resnet18",
+    "resolve_device", "save_model", "token_maps", "top_k", "upsample", "vt_resnet18",
+    "vt_resnet34",
+]

@@ -1,0 +1,201 @@
+"""Self-describing checkpoints: safetensors weights with vtviz metadata, loaded without code.
+
+A checkpoint is one ``.safetensors`` file whose header metadata holds
+``{"format": "vtviz/1", "vtviz": <ModelMeta as JSON>}``. PyTorch ``.pt``/``.pth`` state
+dicts are accepted too, read with ``torch.load(weights_only=True)`` (never unpickling
+code), with the metadata either inside (``{"state_dict": ..., "meta": ...}``) or given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+from .meta import ModelMeta
+from .model import build_model
+
+FORMAT = "vtviz/1"
+SUFFIX = ".safetensors"
+#: Folder of bundled models; ``VTVIZ_PRETRAINED`` overrides it.
+PRETRAINED_DIR = Path(os.environ.get("VTVIZ_PRETRAINED",
+                                     Path(__file__).resolve().parent.parent / "pretrained"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def list_pretrained(folder: Path | None = None) -> list[str]:
+    """Names of the models bundled in ``pretrained/`` (loadable by :func:`load_model`)."""
+    folder = Path(folder or PRETRAINED_DIR)
+    return sorted(p.name[: -len(SUFFIX)] for p in folder.glob(f"*{SUFFIX}"))
+
+
+def save_model(
+    model: nn.Module, path: str | Path, meta: ModelMeta, dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``model``'s weights and ``meta`` to one safetensors file, atomically.
+
+    ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors to save space;
+    they load back into float32.
+    """
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    tensors: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous().clone()
+    header = {"format": FORMAT, "vtviz": json.dumps(meta.to_dict())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=header)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _find(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = PRETRAINED_DIR / f"{name_or_path}{SUFFIX}"
+    if bundled.is_file():
+        return bundled
+    if path.exists():
+        raise CheckpointError(f"{path}: is not a file")
+    known = ", ".join(list_pretrained()) or "none"
+    raise CheckpointError(f"{name_or_path}: no such file, nor a bundled model (bundled: {known})")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, header
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from None
+
+
+def _read_torch(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused: the file holds pickled objects other than tensors, and loading "
+            f"it could run code ({first}). Save a plain state dict or use safetensors."
+        ) from None
+    except Exception as exc:  # zip errors, truncated files, ...
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else None
+    state = obj.get("state_dict", obj.get("model", obj))
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return tensors, meta  # type: ignore[return-value]
+
+
+def read_checkpoint(
+    name_or_path: str | Path, meta: ModelMeta | None = None
+) -> tuple[dict[str, Tensor], ModelMeta, Path]:
+    """Tensors, metadata and resolved path of a checkpoint, without building a model.
+
+    ``meta`` supplies the metadata for a bare ``.pt`` state dict that has none.
+    """
+    path = _find(name_or_path)
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic[:2] == b"PK" or path.suffix in (".pt", ".pth"):
+        tensors, raw = _read_torch(path)
+    else:
+        tensors, header = _read_safetensors(path)
+        raw = None
+        if "vtviz" in header:
+            try:
+                raw = json.loads(header["vtviz"])
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    if raw is not None:
+        try:
+            meta = ModelMeta.from_dict(dict(raw))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: bad vtviz metadata ({type(exc).__name__}: {exc})") from None
+    if meta is None:
+        raise CheckpointError(
+            f"{path}: no vtviz metadata (architecture, classes); pass meta=ModelMeta(...)"
+        )
+    return tensors, meta, path
+
+
+def check_state_dict(model: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming the first missing, extra or mis-shaped tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: missing tensor(s) {missing[:5]} ({len(missing)} in all)")
+    if extra:
+        raise CheckpointError(f"{source}: unexpected tensor(s) {extra[:5]} ({len(extra)} in all)")
+    for key, ref in expected.items():
+        got = tensors[key]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has shape {list(got.shape)}, "
+                f"the architecture expects {list(ref.shape)}"
+            )
+
+
+def load_model(
+    name_or_path: str | Path, device: str | torch.device = "auto", meta: ModelMeta | None = None
+) -> nn.Module:
+    """Load a bundled model by name, or a checkpoint by path, in eval mode on ``device``.
+
+    The returned module carries its :class:`~vtviz.meta.ModelMeta` as ``model.meta``.
+    Raises :class:`~vtviz.errors.CheckpointError` with the reason on any bad file.
+    """
+    tensors, meta, path = read_checkpoint(name_or_path, meta)
+    try:
+        model = build_model(meta.config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    check_state_dict(model, tensors, str(path))
+    reference = model.state_dict()
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in tensors.items()})
+    model.meta = meta  # type: ignore[assignment]
+    return model.to(resolve_device(device)).eval()
+
+
+def model_meta(model: nn.Module) -> ModelMeta:
+    """The metadata attached by :func:`load_model` (or :func:`attach_meta`)."""
+    meta = getattr(model, "meta", None)
+    if not isinstance(meta, ModelMeta):
+        raise ValueError("model has no vtviz metadata: load it with vtviz.load_model or attach_meta")
+    return meta
+
+
+def attach_meta(model: nn.Module, meta: ModelMeta) -> nn.Module:
+    """Attach ``meta`` to ``model`` (for models built in code rather than loaded)."""
+    model.meta = meta  # type: ignore[assignment]
+    return model

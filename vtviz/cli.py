@@ -1,0 +1,134 @@
+"""The ``vtviz`` command: ``info``, ``predict``, ``train``, ``evaluate``.
+
+A thin shell over the library: parse arguments, call the API, print JSON or text.
+Exit status: 0 success, 1 fatal error (bad model, bad arguments), 2 some inputs failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .checkpoint import load_model, model_meta
+from .errors import VTVizError
+
+
+def _describe(name: str, model) -> dict:
+    from .model import count_parameters
+
+    meta = model_meta(model)
+    training = dict(meta.training)
+    training.pop("history", None)
+    return {
+        "model": name,
+        "name": meta.name,
+        "description": meta.description,
+        "architecture": meta.config.arch,
+        "tokenizers": list(getattr(model, "tokenizer_kinds", [])),
+        "num_tokens": meta.config.num_tokens if meta.config.tokenizers else 0,
+        "token_channels": meta.config.token_channels,
+        "num_classes": meta.config.num_classes,
+        "classes": list(meta.classes),
+        "parameters": count_parameters(model),
+        "input_size": meta.preprocess.size,
+        "preprocess": meta.preprocess.to_dict(),
+        "config": meta.config.to_dict(),
+        "training": training,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = load_model(args.model, device="cpu")
+    print(json.dumps(_describe(args.model, model), indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .explain import predict
+    from .image import iter_image_files, load_image
+
+    model = load_model(args.model, device=args.device)
+    failed = 0
+    for path in iter_image_files(args.images):
+        try:
+            image = load_image(path)
+        except VTVizError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        top = predict(model, [image], k=args.top)[0]
+        if args.json:
+            print(json.dumps({"image": str(path), "top": [{"class": c, "p": p} for c, p in top]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+    return 2 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    model = load_model(args.model, device=args.device)
+    result = evaluate(model, args.data, size=args.size, batch_size=args.batch_size,
+                      confusion=args.confusion, cache_dir=args.cache_dir, progress=not args.quiet)
+    result["model"] = args.model
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    train(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``vtviz`` command."""
+    parser = argparse.ArgumentParser(prog="vtviz", description="Visual-token attention maps of VT models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="describe a model as JSON")
+    p.add_argument("model", help="bundled model name or checkpoint path")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("predict", help="top-k classes per image")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", help="image files, folders or globs")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="accuracy and token statistics on an image folder (JSON)")
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="folder of class sub-folders (e.g. imagenette/val)")
+    p.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--confusion", action="store_true", help="include the confusion matrix")
+    p.add_argument("--cache-dir", default=None, help="cache decoded images here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    from .train import add_arguments
+
+    p = sub.add_parser("train", help="train a VT model on an ImageFolder dataset")
+    add_arguments(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vtviz`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (VTVizError, FileNotFoundError, ValueError) as exc:
+        print(f"vtviz {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

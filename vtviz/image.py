@@ -1,0 +1,263 @@
+"""Images in: safe decoding to RGB uint8, preprocessing, and the geometry to undo it.
+
+RGB everywhere; OpenCV is only used for resizing (channel order does not matter there).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from .errors import ImageError
+from .meta import Fit, Preprocess
+
+ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+
+#: Largest image accepted by default (pixels); above it decoding is refused.
+MAX_PIXELS = 64_000_000
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+
+
+def _label(source: ImageSource, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def load_image(source: ImageSource, *, name: str | None = None,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode ``source`` into an RGB uint8 array ``[H, W, 3]``.
+
+    Accepts a path, encoded bytes, a PIL image or an array (``[H, W]``, ``[H, W, 1|3|4]``;
+    uint8, uint16 or float in [0, 1]). EXIF orientation is applied; greyscale, palette,
+    CMYK and 16-bit images are converted; transparency is composited on white.
+    Raises :class:`~vtviz.errors.ImageError` naming the source and the reason for
+    missing, empty, non-image, truncated, corrupt or over-large (``max_pixels``) input.
+    """
+    label = _label(source, name)
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, label, max_pixels)
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        else:
+            path = Path(source)
+            if not path.exists():
+                raise ImageError(label, "no such file")
+            if not path.is_file():
+                raise ImageError(label, "not a file")
+            data = path.read_bytes()
+        if not data:
+            raise ImageError(label, "empty file (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageError(label, "not an image (unrecognised format)") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageError(label, f"image too large ({exc})") from None
+        except OSError as exc:
+            raise ImageError(label, f"cannot read image header ({exc})") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(label, f"image too large: {w}x{h} = {w * h / 1e6:.1f} megapixels, "
+                                f"the limit is {max_pixels / 1e6:.1f}")
+    if w == 0 or h == 0:
+        raise ImageError(label, f"image has no pixels ({w}x{h})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(label, f"image too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(label, f"corrupt or truncated image data ({exc})") from None
+    return _pil_to_rgb(img)
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return _array_to_rgb((arr / peak).astype(np.float32), "<image>", None)
+    if mode == "F":
+        return _array_to_rgb(np.asarray(img, dtype=np.float32), "<image>", None)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")).copy()
+    return np.asarray(img.convert("RGB")).copy()
+
+
+def _array_to_rgb(arr: np.ndarray, label: str, max_pixels: int | None) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ImageError(label, f"array of shape {list(arr.shape)} is not an image "
+                                "(expected [H, W], [H, W, 1], [H, W, 3] or [H, W, 4])")
+    if max_pixels is not None and arr.shape[0] * arr.shape[1] > max_pixels:
+        raise ImageError(label, f"image too large: {arr.shape[1]}x{arr.shape[0]} pixels")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr // 257).astype(np.uint8)
+    elif arr.dtype == bool:
+        out = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError(label, "array holds NaN or infinite values")
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        out = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer):
+        out = np.clip(arr, 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(label, f"unsupported array dtype {arr.dtype}")
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    elif out.shape[-1] == 4:
+        alpha = out[..., 3:4].astype(np.float32) / 255.0
+        out = np.rint(out[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    """Where an original image sits in the network input.
+
+    ``input = original * scale + offset`` per axis, in pixel units (y, x order);
+    ``original_size`` and ``input_size`` are (H, W).
+    """
+
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+
+    def input_box(self) -> tuple[float, float, float, float]:
+        """(y0, x0, y1, x1) of the original image in input pixels (may exceed the input)."""
+        (h, w), (sy, sx), (oy, ox) = self.original_size, self.scale, self.offset
+        return oy, ox, oy + h * sy, ox + w * sx
+
+    def visible_box(self) -> tuple[float, float, float, float]:
+        """(y0, x0, y1, x1) of the part of the original the network saw, in original pixels."""
+        (H, W), (sy, sx), (oy, ox) = self.input_size, self.scale, self.offset
+        h, w = self.original_size
+        return (max(0.0, -oy / sy), max(0.0, -ox / sx),
+                min(float(h), (H - oy) / sy), min(float(w), (W - ox) / sx))
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    if (h, w) == img.shape[:2]:
+        return img
+    shrink = h < img.shape[0] and w < img.shape[1]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def fit_image(img: np.ndarray, pre: Preprocess) -> tuple[np.ndarray, Geometry]:
+    """Bring RGB ``[H, W, 3]`` to ``[S, S, 3]`` (S = ``pre.size``) by ``pre.fit``; with geometry."""
+    h, w = img.shape[:2]
+    s = pre.size
+    if pre.fit is Fit.STRETCH:
+        out = _resize(img, s, s)
+        return out, Geometry((h, w), (s, s), (s / h, s / w), (0.0, 0.0))
+    if pre.fit is Fit.CROP:
+        short = max(s, round(s / pre.crop_pct))
+        r = short / min(h, w)
+        rh, rw = max(s, round(h * r)), max(s, round(w * r))
+        resized = _resize(img, rh, rw)
+        y0, x0 = (rh - s) // 2, (rw - s) // 2
+        out = resized[y0:y0 + s, x0:x0 + s]
+        return np.ascontiguousarray(out), Geometry((h, w), (s, s), (rh / h, rw / w), (-y0, -x0))
+    r = s / max(h, w)
+    rh, rw = max(1, round(h * r)), max(1, round(w * r))
+    resized = _resize(img, rh, rw)
+    mean = np.asarray(pre.mean) * 255.0
+    out = np.empty((s, s, 3), np.uint8)
+    out[:] = np.rint(mean).astype(np.uint8)  # pads become ~0 after normalising
+    y0, x0 = (s - rh) // 2, (s - rw) // 2
+    out[y0:y0 + rh, x0:x0 + rw] = resized
+    return out, Geometry((h, w), (s, s), (rh / h, rw / w), (float(y0), float(x0)))
+
+
+def to_tensor(images: Sequence[np.ndarray], pre: Preprocess) -> Tensor:
+    """Stack fitted RGB uint8 ``[S, S, 3]`` images into a normalised ``[B, 3, S, S]`` float tensor."""
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def prepare(images: Sequence[np.ndarray], pre: Preprocess) -> tuple[Tensor, list[Geometry]]:
+    """Fit and normalise RGB images: ``[B, 3, S, S]`` tensor and each image's geometry."""
+    fitted = [fit_image(img, pre) for img in images]
+    return to_tensor([f[0] for f in fitted], pre), [f[1] for f in fitted]
+
+
+def maps_to_original(maps: Tensor, geometry: Geometry,
+                     size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """Resample ``[..., h, w]`` maps onto the original image (or ``size`` = (H', W') of it).
+
+    Bilinear, aligned on pixel centres, undoing crop / letterbox / stretch. Returns the maps
+    ``[..., H', W']`` (0 where the network did not see the image) and a bool mask ``[H', W']``
+    of the pixels it saw.
+    """
+    oh, ow = geometry.original_size
+    th, tw = size or (oh, ow)
+    (ih, iw), (sy, sx), (oy, ox) = geometry.input_size, geometry.scale, geometry.offset
+    ys = (torch.arange(th, dtype=torch.float32) + 0.5) * (oh / th)
+    xs = (torch.arange(tw, dtype=torch.float32) + 0.5) * (ow / tw)
+    yin, xin = ys * sy + oy, xs * sx + ox  # input pixel coordinates
+    gy, gx = yin / ih * 2 - 1, xin / iw * 2 - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)  # [H', W', 2] (x, y)
+    mask = (grid.abs() <= 1).all(-1)
+    lead = maps.shape[:-2]
+    flat = maps.reshape(1, -1, *maps.shape[-2:]).float()
+    out = F.grid_sample(flat, grid[None].to(flat.device), mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    out = out * mask.to(out.device)
+    return out.reshape(*lead, th, tw), mask
+
+
+def iter_image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files, folders (recursive) and glob patterns into a sorted list of image paths.
+
+    Folders contribute files with an image suffix; files named explicitly are kept whatever
+    their suffix (so that a bad one is reported rather than skipped).
+    """
+    import glob
+
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            found.append(p)
+        else:
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item}: no such file, folder or matching pattern")
+            found += [Path(m) for m in matches if Path(m).is_file()]
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]  # type: ignore[func-returns-value]

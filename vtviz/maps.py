@@ -1,0 +1,270 @@
+"""Typed token-attention results, resizing, normalising and token statistics.
+
+Everything here works on tensors that a model already returned; no model is run.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import VTOutput
+
+
+@dataclass(frozen=True)
+class LayerMaps:
+    """Maps of one VT module for a batch.
+
+    kind: ``"filter"`` or ``"recurrent"`` tokenizer.
+    attention: ``[B, L, h, w]`` tokenizer spatial attention, sums to 1 over h*w.
+    token_mixing: ``[B, L, L]`` transformer attention, row i sums to 1 over tokens.
+    assignment: ``[B, L, h, w]`` projector weights of each pixel over tokens, sums to
+        1 over L; None for the last module (its projector would feed nothing).
+    tokens: ``[B, L, C_T]`` output tokens.
+    """
+
+    kind: str
+    attention: Tensor
+    token_mixing: Tensor
+    assignment: Tensor | None
+    tokens: Tensor
+
+    @property
+    def mixed_attention(self) -> Tensor:
+        """``token_mixing @ attention``: ``[B, L, h, w]``, the maps after token mixing.
+
+        The paper's Figure 6 (second row): what each output token finally pools.
+        """
+        b, n, h, w = self.attention.shape
+        mixed = torch.bmm(self.token_mixing.float(), self.attention.float().flatten(2))
+        return mixed.view(b, n, h, w)
+
+    @property
+    def num_tokens(self) -> int:
+        """L, the number of tokens."""
+        return self.attention.shape[1]
+
+
+@dataclass(frozen=True)
+class TokenMaps:
+    """Result of :func:`vtviz.token_maps`: logits and per-layer maps of one batch.
+
+    logits: ``[B, classes]``; layers: one :class:`LayerMaps` per VT module;
+    input_size: (H, W) of the network input the maps are aligned with.
+    """
+
+    logits: Tensor
+    layers: tuple[LayerMaps, ...]
+    input_size: tuple[int, int]
+
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return self.logits.shape[0]
+
+    @property
+    def kinds(self) -> list[str]:
+        """Tokenizer kind per layer."""
+        return [layer.kind for layer in self.layers]
+
+    def to(self, device: torch.device | str) -> TokenMaps:
+        """A copy with every tensor on ``device``."""
+        return _map_tensors(self, lambda t: t.to(device))
+
+    def cpu(self) -> TokenMaps:
+        """A copy with every tensor on the CPU."""
+        return self.to("cpu")
+
+    def select(self, index: int | slice | Sequence[int]) -> TokenMaps:
+        """The maps of some images of the batch (batch dimension kept)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return _map_tensors(self, lambda t: t[index])
+
+    def __iter__(self) -> Iterator[LayerMaps]:
+        return iter(self.layers)
+
+
+def _map_tensors(maps: TokenMaps, fn) -> TokenMaps:
+    layers = tuple(
+        replace(layer, **{f.name: fn(getattr(layer, f.name)) for f in fields(layer)
+                         if isinstance(getattr(layer, f.name), Tensor)})
+        for layer in maps.layers
+    )
+    return TokenMaps(fn(maps.logits), layers, maps.input_size)
+
+
+def from_output(out: VTOutput, kinds: Sequence[str], input_size: tuple[int, int]) -> TokenMaps:
+    """Wrap a model's :class:`~vtviz.model.VTOutput` into :class:`TokenMaps` (float32 maps)."""
+    h, w = out.map_size
+    layers = []
+    for kind, layer in zip(kinds, out.layers):
+        b, n, _ = layer.attention.shape
+        assignment = None
+        if layer.assignment is not None:
+            assignment = layer.assignment.transpose(1, 2).reshape(b, n, h, w).float()
+        layers.append(LayerMaps(
+            kind=kind,
+            attention=layer.attention.view(b, n, h, w).float(),
+            token_mixing=layer.mixing.float(),
+            assignment=assignment,
+            tokens=layer.tokens.float(),
+        ))
+    return TokenMaps(out.logits.float(), tuple(layers), input_size)
+
+
+# --------------------------------------------------------------------------- resizing
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``[..., h, w]`` maps to ``[..., H, W]`` (half-pixel aligned)."""
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size)
+
+
+class Scale(str, enum.Enum):
+    """How maps are brought to [0, 1] for display.
+
+    PER_MAP: each map on its own min..max. PER_LAYER: one range per image and layer
+    (all tokens of one image comparable). SHARED: one range for the whole tensor
+    (tokens comparable across images). ABSOLUTE: 0..max over everything, keeping zero.
+    """
+
+    PER_MAP = "per_map"
+    PER_LAYER = "per_layer"
+    SHARED = "shared"
+    ABSOLUTE = "absolute"
+
+
+def normalize(maps: Tensor, scale: Scale | str = Scale.PER_MAP, eps: float = 1e-12) -> Tensor:
+    """Scale ``[B, L, h, w]`` (or ``[L, h, w]``, ``[h, w]``) maps into [0, 1] by ``scale``."""
+    scale = Scale(scale)
+    x = maps.float()
+    if scale is Scale.PER_MAP:
+        dims: tuple[int, ...] = (-2, -1)
+    elif scale is Scale.PER_LAYER:
+        dims = tuple(range(-min(3, x.ndim), 0))
+    else:
+        dims = tuple(range(x.ndim))
+    hi = x.amax(dim=dims, keepdim=True)
+    lo = torch.zeros_like(hi) if scale is Scale.ABSOLUTE else x.amin(dim=dims, keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(eps)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- statistics
+def normalized_entropy(attention: Tensor) -> Tensor:
+    """Entropy / ln(h*w) of each map ``[..., h, w]`` -> ``[...]``; 1 = uniform, 0 = one pixel."""
+    p = attention.float().flatten(-2)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+    n = p.shape[-1]
+    return ent / math.log(n) if n > 1 else torch.zeros_like(ent)
+
+
+def pairwise_cosine(attention: Tensor) -> Tensor:
+    """Cosine similarity between the maps of different tokens: ``[B, L, h, w]`` -> ``[B, L, L]``."""
+    v = F.normalize(attention.float().flatten(2), dim=-1)
+    return torch.bmm(v, v.transpose(1, 2))
+
+
+def mean_offdiagonal_cosine(attention: Tensor) -> Tensor:
+    """Mean cosine similarity over pairs of different tokens, per image: ``[B, L, h, w]`` -> ``[B]``.
+
+    Differentiable: used as the training loss's diversity penalty.
+    """
+    cos = pairwise_cosine(attention)
+    n = cos.shape[-1]
+    off = cos.sum(dim=(1, 2)) - cos.diagonal(dim1=1, dim2=2).sum(-1)
+    return off / max(n * (n - 1), 1)
+
+
+def peak_positions(attention: Tensor) -> Tensor:
+    """(row, col) of each map's maximum: ``[..., h, w]`` -> ``[..., 2]`` (long)."""
+    w = attention.shape[-1]
+    idx = attention.flatten(-2).argmax(-1)
+    return torch.stack((idx // w, idx % w), dim=-1)
+
+
+def distinct_peaks(attention: Tensor) -> Tensor:
+    """Number of distinct peak locations among the L tokens of each image: ``[B]``."""
+    idx = attention.flatten(-2).argmax(-1).sort(-1).values  # [B, L]
+    return (idx[:, 1:] != idx[:, :-1]).sum(-1) + 1
+
+
+def border_mass(attention: Tensor, ring: int = 1) -> Tensor:
+    """Share of each map's mass on the outer ``ring`` pixels of the map: ``[..., h, w]`` -> ``[...]``."""
+    a = attention.float()
+    h, w = a.shape[-2:]
+    inner = a[..., ring:h - ring, ring:w - ring].sum(dim=(-2, -1))
+    total = a.sum(dim=(-2, -1)).clamp_min(1e-12)
+    return 1 - inner / total
+
+
+def top_share(attention: Tensor, fraction: float = 0.1) -> Tensor:
+    """Share of each map's mass in its top ``fraction`` of pixels: ``[..., h, w]`` -> ``[...]``."""
+    p = attention.float().flatten(-2)
+    k = max(1, round(fraction * p.shape[-1]))
+    return p.topk(k, dim=-1).values.sum(-1) / p.sum(-1).clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Token statistics of one layer averaged over images (see :func:`layer_stats`)."""
+
+    kind: str
+    entropy: float  # mean normalised entropy of the maps (1 = uniform)
+    cosine: float  # mean cosine similarity between different tokens' maps of one image
+    distinct_peaks: float  # mean number of distinct peak locations per image (of L)
+    border_sinks: float  # mean number of tokens per image with > half their mass on the ring
+    top10_share: float  # mean share of attention in the top 10% of pixels
+    images: int
+
+    def within_bounds(self, entropy: float = 0.85, cosine: float = 0.5, peaks: float = 8) -> bool:
+        """True when the layer's tokens are focused, diverse and spread out enough to show."""
+        return self.entropy <= entropy and self.cosine <= cosine and self.distinct_peaks >= peaks
+
+
+class StatsAccumulator:
+    """Running per-layer token statistics over many batches of :class:`TokenMaps`."""
+
+    def __init__(self) -> None:
+        self._sums: dict[int, np.ndarray] = {}
+        self._kinds: dict[int, str] = {}
+        self._count = 0
+
+    def update(self, maps: TokenMaps) -> None:
+        """Add one batch."""
+        for i, layer in enumerate(maps.layers):
+            a = layer.attention
+            row = np.array([
+                normalized_entropy(a).mean(-1).sum().item(),
+                mean_offdiagonal_cosine(a).sum().item(),
+                distinct_peaks(a).float().sum().item(),
+                (border_mass(a) > 0.5).float().sum(-1).sum().item(),
+                top_share(a).mean(-1).sum().item(),
+            ])
+            self._sums[i] = self._sums.get(i, 0) + row
+            self._kinds[i] = layer.kind
+        self._count += maps.batch_size
+
+    def result(self) -> list[LayerStats]:
+        """Per-layer means over all images seen."""
+        n = max(self._count, 1)
+        return [
+            LayerStats(self._kinds[i], *(float(v) / n for v in self._sums[i]), images=self._count)
+            for i in sorted(self._sums)
+        ]
+
+
+def layer_stats(maps: TokenMaps) -> list[LayerStats]:
+    """Per-layer token statistics of one batch of maps, averaged over its images."""
+    acc = StatsAccumulator()
+    acc.update(maps)
+    return acc.result()

@@ -1,0 +1,93 @@
+"""Model metadata stored in every checkpoint: architecture, classes, preprocessing, training."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .model import ModelConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Fit(str, enum.Enum):
+    """How an image of any shape is brought to the square network input.
+
+    CROP: resize the shorter side, cut out the centre (the model's usual view).
+    LETTERBOX: resize the longer side, pad the rest (the whole image is seen).
+    STRETCH: resize both sides, ignoring the aspect ratio (Imagenette's own format).
+    """
+
+    CROP = "crop"
+    LETTERBOX = "letterbox"
+    STRETCH = "stretch"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Turning an RGB image into the network input: fit to ``size`` px, then normalise."""
+
+    size: int = 224
+    fit: Fit = Fit.STRETCH
+    crop_pct: float = 1.0  # CROP only: the crop covers this share of the resized shorter side
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        d = asdict(self)
+        d["fit"] = self.fit.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        """Inverse of :meth:`to_dict`."""
+        return cls(size=int(d["size"]), fit=Fit(d.get("fit", "stretch")),
+                   crop_pct=float(d.get("crop_pct", 1.0)),
+                   mean=tuple(d.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+                   std=tuple(d.get("std", IMAGENET_STD)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to use a set of weights, stored next to them.
+
+    config: the architecture; classes: display names by label index; class_ids:
+    dataset ids (e.g. ImageNet wnids) by label index; preprocess: input recipe;
+    training: free-form summary (data, recipe, epochs, wall time, hardware, accuracy).
+    """
+
+    config: ModelConfig
+    classes: tuple[str, ...]
+    preprocess: Preprocess = Preprocess()
+    class_ids: tuple[str, ...] = ()
+    name: str = ""
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {
+            "config": self.config.to_dict(),
+            "classes": list(self.classes),
+            "class_ids": list(self.class_ids),
+            "preprocess": self.preprocess.to_dict(),
+            "name": self.name,
+            "description": self.description,
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        """Inverse of :meth:`to_dict`; raises KeyError/ValueError on missing or bad fields."""
+        return cls(
+            config=ModelConfig.from_dict(d["config"]),
+            classes=tuple(d["classes"]),
+            class_ids=tuple(d.get("class_ids", ())),
+            preprocess=Preprocess.from_dict(d.get("preprocess", {"size": 224})),
+            name=d.get("name", ""),
+            description=d.get("description", ""),
+            training=dict(d.get("training", {})),
+        )

@@ -1,0 +1,470 @@
+"""The Visual Transformer (VT) model family, neural-network code only.
+
+Wu et al., "Visual Transformers: Token-based Image Representation and Processing
+for Computer Vision", arXiv 2006.03677. Equation numbers below refer to that paper.
+
+Notation: X is a feature map flattened to ``[B, HW, C]``, T are visual tokens
+``[B, L, C_T]``. Every module returns the attention it computed, so that
+:func:`vtviz.token_maps` can hand it to the user without hooks.
+
+Choices the paper leaves open (each is also noted at the code that makes it):
+
+* **Logit scaling.** The filter tokenizer's logits ``X W_A`` are *not* scaled: a
+  1/sqrt(C) factor made its maps uniform in our trials (plain average pooling).
+  The recurrent tokenizer, the token transformer and the projector scale their
+  dot products by 1/sqrt(d), as in every transformer; unscaled they diverged.
+* **Normalisation.** Pre-LayerNorm on tokens before each token-space matmul
+  (recurrent tokenizer input, transformer attention and feed-forward, projector
+  keys). The literal equations (no normalisation) diverged to NaN.
+* **Softmax axes.** Tokenizer: over the HW pixels (each token's map sums to 1 over
+  pixels, Eq. 1-2). Transformer: over the key tokens (each row of the L x L
+  matrix sums to 1, Eq. 3). Projector: over the L tokens (each pixel's weights sum
+  to 1, Eq. 5).
+* **Channel change.** Tokens are pooled in C (=256) and lifted to C_T (=1024) by a
+  linear map after pooling, ``T = (A^T X) W_V``; this is equal to ``A^T (X W_V)``
+  but 12x cheaper. The projector maps tokens back to C with ``W_V'``.
+* **Last module.** For classification the last module's projector would feed
+  nothing (the head pools tokens), so it is omitted, as in the paper's classifier.
+* **Padding.** The ResNet convolutions use reflection padding by default: with
+  zero padding the border pixels stand out and tokens park on the border
+  ("attention sinks"); reflection removed most of them at equal accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TokenizerKind = Literal["filter", "recurrent"]
+TOKENIZER_KINDS: tuple[str, ...] = ("filter", "recurrent")
+
+
+# --------------------------------------------------------------------------- outputs
+class TokenizerOutput(NamedTuple):
+    """What a tokenizer computes.
+
+    attention: ``[B, L, HW]`` spatial attention, float32, sums to 1 over HW.
+    tokens: ``[B, L, C_T]`` visual tokens.
+    """
+
+    attention: Tensor
+    tokens: Tensor
+
+
+class TransformerOutput(NamedTuple):
+    """tokens: ``[B, L, C_T]``; mixing: ``[B, L, L]`` rows sum to 1 over tokens."""
+
+    tokens: Tensor
+    mixing: Tensor
+
+
+class ProjectorOutput(NamedTuple):
+    """features: ``[B, HW, C]``; assignment: ``[B, HW, L]`` sums to 1 over L."""
+
+    features: Tensor
+    assignment: Tensor
+
+
+class VTLayerOutput(NamedTuple):
+    """All tensors of one VT module. ``assignment``/``features`` are None without projector.
+
+    attention ``[B, L, HW]``, mixing ``[B, L, L]``, assignment ``[B, HW, L]`` or None,
+    tokens ``[B, L, C_T]``, features ``[B, HW, C]`` or None.
+    """
+
+    attention: Tensor
+    mixing: Tensor
+    assignment: Tensor | None
+    tokens: Tensor
+    features: Tensor | None
+
+
+class VTOutput(NamedTuple):
+    """logits ``[B, classes]``, one :class:`VTLayerOutput` per VT module, map size (h, w)."""
+
+    logits: Tensor
+    layers: tuple[VTLayerOutput, ...]
+    map_size: tuple[int, int]
+
+
+def _softmax32(logits: Tensor, dim: int) -> Tensor:
+    """Softmax in float32 whatever the autocast dtype: maps are what users look at."""
+    return torch.softmax(logits.float(), dim=dim)
+
+
+# --------------------------------------------------------------------------- VT parts
+class FilterTokenizer(nn.Module):
+    """Filter-based tokenizer (Eq. 1): ``A = softmax_HW(X W_A)``, ``T = (A^T X) W_V``.
+
+    Input X ``[B, HW, C]``; output attention ``[B, L, HW]`` and tokens ``[B, L, C_T]``.
+    """
+
+    def __init__(self, channels: int, token_channels: int, num_tokens: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.filters = nn.Linear(channels, num_tokens, bias=False)  # W_A, C x L
+        self.value = nn.Linear(channels, token_channels, bias=False)  # W_V, C x C_T
+
+    def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> TokenizerOutput:
+        # Unscaled logits on purpose: 1/sqrt(C) left the maps uniform in training.
+        attention = _softmax32(self.filters(x).transpose(1, 2), dim=-1)  # [B, L, HW]
+        pooled = torch.bmm(attention.to(x.dtype), x)  # A^T X, [B, L, C]
+        return TokenizerOutput(attention, self.value(pooled))
+
+
+class RecurrentTokenizer(nn.Module):
+    """Recurrent tokenizer (Eq. 2): ``W_R = T_in W_T->R``, ``A = softmax_HW(X W_R^T)``.
+
+    Input X ``[B, HW, C]`` and the previous module's tokens ``[B, L, C_T]``;
+    output attention ``[B, L, HW]`` and tokens ``T = (A^T X) W_V``, ``[B, L, C_T]``.
+    """
+
+    def __init__(self, channels: int, token_channels: int, num_tokens: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.norm = nn.LayerNorm(token_channels)  # keeps W_R's scale steady across training
+        self.token_to_filter = nn.Linear(token_channels, channels, bias=False)  # W_T->R
+        self.value = nn.Linear(channels, token_channels, bias=False)  # W_V
+        self.scale = channels**-0.5  # dot product of two C-vectors: the usual 1/sqrt(d)
+
+    def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> TokenizerOutput:
+        if tokens_in is None:
+            raise ValueError("RecurrentTokenizer needs the previous module's tokens")
+        filters = self.token_to_filter(self.norm(tokens_in))  # W_R, [B, L, C]
+        logits = torch.bmm(filters, x.transpose(1, 2)) * self.scale  # [B, L, HW]
+        attention = _softmax32(logits, dim=-1)
+        pooled = torch.bmm(attention.to(x.dtype), x)
+        return TokenizerOutput(attention, self.value(pooled))
+
+
+class TokenTransformer(nn.Module):
+    """Transformer in token space (Eqs. 3-4), pre-LayerNorm.
+
+    ``T' = T + softmax_L((T K)(T Q)^T / sqrt(d)) T`` and ``T_out = T' + ReLU(T' F1) F2``
+    with T normalised before each product. Input/output ``[B, L, C_T]``.
+    """
+
+    def __init__(self, token_channels: int, key_channels: int | None = None) -> None:
+        super().__init__()
+        key_channels = key_channels or token_channels // 2  # paper: K, Q are C_T x C_T/2
+        self.norm1 = nn.LayerNorm(token_channels)
+        self.key = nn.Linear(token_channels, key_channels, bias=False)
+        self.query = nn.Linear(token_channels, key_channels, bias=False)
+        self.norm2 = nn.LayerNorm(token_channels)
+        self.f1 = nn.Linear(token_channels, token_channels)
+        self.f2 = nn.Linear(token_channels, token_channels)
+        self.scale = key_channels**-0.5
+
+    def forward(self, tokens: Tensor) -> TransformerOutput:
+        t = self.norm1(tokens)
+        logits = torch.bmm(self.key(t), self.query(t).transpose(1, 2)) * self.scale
+        mixing = _softmax32(logits, dim=-1)  # [B, L, L], row i: how token i reads others
+        tokens = tokens + torch.bmm(mixing.to(t.dtype), t)
+        tokens = tokens + self.f2(F.relu(self.f1(self.norm2(tokens))))
+        return TransformerOutput(tokens, mixing)
+
+
+class Projector(nn.Module):
+    """Projector (Eq. 5): ``X_out = X + softmax_L((X W_Q)(T W_K)^T / sqrt(C)) (T W_V)``.
+
+    Input X ``[B, HW, C]`` and tokens ``[B, L, C_T]``; output features ``[B, HW, C]``
+    and the assignment ``[B, HW, L]`` of each pixel over tokens.
+    """
+
+    def __init__(self, channels: int, token_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(token_channels)
+        self.query = nn.Linear(channels, channels, bias=False)  # W_Q, C x C
+        self.key = nn.Linear(token_channels, channels, bias=False)  # W_K, C_T x C
+        self.value = nn.Linear(token_channels, channels, bias=False)  # C_T x C
+        self.out_norm = nn.BatchNorm1d(channels)
+        self.scale = channels**-0.5
+
+    def forward(self, x: Tensor, tokens: Tensor) -> ProjectorOutput:
+        t = self.norm(tokens)
+        logits = torch.bmm(self.query(x), self.key(t).transpose(1, 2)) * self.scale
+        assignment = _softmax32(logits, dim=-1)  # [B, HW, L]
+        update = torch.bmm(assignment.to(x.dtype), self.value(t))  # [B, HW, C]
+        update = self.out_norm(update.transpose(1, 2)).transpose(1, 2)
+        return ProjectorOutput(x + update, assignment)
+
+
+class VTModule(nn.Module):
+    """One VT module: tokenizer, token transformer and (optionally) projector.
+
+    Input X ``[B, HW, C]`` and, for a recurrent tokenizer, the previous tokens.
+    """
+
+    def __init__(
+        self,
+        kind: TokenizerKind,
+        channels: int,
+        token_channels: int,
+        num_tokens: int,
+        project: bool = True,
+    ) -> None:
+        super().__init__()
+        if kind not in TOKENIZER_KINDS:
+            raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {TOKENIZER_KINDS}")
+        self.kind: TokenizerKind = kind
+        tokenizer_cls = FilterTokenizer if kind == "filter" else RecurrentTokenizer
+        self.tokenizer = tokenizer_cls(channels, token_channels, num_tokens)
+        self.transformer = TokenTransformer(token_channels)
+        self.projector = Projector(channels, token_channels) if project else None
+
+    def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> VTLayerOutput:
+        tok = self.tokenizer(x, tokens_in)
+        mixed = self.transformer(tok.tokens)
+        if self.projector is None:
+            return VTLayerOutput(tok.attention, mixed.mixing, None, mixed.tokens, None)
+        proj = self.projector(x, mixed.tokens)
+        return VTLayerOutput(
+            tok.attention, mixed.mixing, proj.assignment, mixed.tokens, proj.features
+        )
+
+
+# --------------------------------------------------------------------------- ResNet parts
+PaddingMode = Literal["zeros", "reflect"]
+
+
+def _conv3x3(cin: int, cout: int, stride: int, padding_mode: PaddingMode) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False, padding_mode=padding_mode)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock with a choice of padding. ``[B, C, H, W]`` in and out."""
+
+    def __init__(self, cin: int, cout: int, stride: int, padding_mode: PaddingMode) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(cin, cout, stride, padding_mode)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(cout, cout, 1, padding_mode)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def _stage(cin: int, cout: int, blocks: int, stride: int, pad: PaddingMode) -> nn.Sequential:
+    layers = [BasicBlock(cin, cout, stride, pad)]
+    layers += [BasicBlock(cout, cout, 1, pad) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    # Zero-init the last BN of each residual branch (Goyal et al.): blocks start as identity.
+    for m in model.modules():
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+        if isinstance(m, Projector):
+            nn.init.zeros_(m.out_norm.weight)
+
+
+class ResNetStem(nn.Module):
+    """ResNet stem and stages 1-3 (stride 16). ``[B, 3, H, W]`` -> ``[B, 256, H/16, W/16]``."""
+
+    def __init__(self, blocks: Sequence[int], padding_mode: PaddingMode) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False, padding_mode=padding_mode)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = _stage(64, 64, blocks[0], 1, padding_mode)
+        self.layer2 = _stage(64, 128, blocks[1], 2, padding_mode)
+        self.layer3 = _stage(128, 256, blocks[2], 2, padding_mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+
+# --------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild an architecture (stored in every checkpoint)."""
+
+    arch: str = "vt_resnet18"
+    num_classes: int = 1000
+    blocks: tuple[int, ...] = (2, 2, 2)
+    tokenizers: tuple[str, ...] = ("filter", "recurrent")
+    num_tokens: int = 16
+    token_channels: int = 1024
+    padding_mode: str = "reflect"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        data = dict(data)
+        for key in ("blocks", "tokenizers"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+class VTResNet(nn.Module):
+    """VT-ResNet: ResNet stages 1-3, then VT modules on the stride-16 map, token pooling head.
+
+    ``forward(x)`` maps ``[B, 3, H, W]`` to logits ``[B, classes]``; ``explain(x)`` returns
+    a :class:`VTOutput` with every attention map from the same single pass.
+    """
+
+    feature_channels = 256
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not config.tokenizers:
+            raise ValueError("a VT-ResNet needs at least one VT module")
+        if config.tokenizers[0] != "filter":
+            raise ValueError("the first VT module must use a filter tokenizer (it has no tokens in)")
+        self.config = config
+        self.stem = ResNetStem(config.blocks, config.padding_mode)  # type: ignore[arg-type]
+        n = len(config.tokenizers)
+        self.vt_layers = nn.ModuleList(
+            VTModule(kind, self.feature_channels, config.token_channels, config.num_tokens,
+                     project=i < n - 1)  # type: ignore[arg-type]
+            for i, kind in enumerate(config.tokenizers)
+        )
+        self.fc = nn.Linear(config.token_channels, config.num_classes)
+        _init_weights(self)
+
+    @property
+    def tokenizer_kinds(self) -> list[str]:
+        """Tokenizer kind per VT module, e.g. ``["filter", "recurrent"]``."""
+        return list(self.config.tokenizers)
+
+    def explain(self, x: Tensor) -> VTOutput:
+        """Logits and every VT module's attention from one pass; ``x`` is ``[B, 3, H, W]``."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an image batch [B, 3, H, W], got {list(x.shape)}")
+        if x.shape[-1] < 32 or x.shape[-2] < 32:
+            raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]} is too small (min 32 px)")
+        fmap = self.stem(x)
+        b, c, h, w = fmap.shape
+        feats = fmap.flatten(2).transpose(1, 2)  # [B, HW, C]
+        tokens: Tensor | None = None
+        outputs = []
+        for layer in self.vt_layers:
+            out = layer(feats, tokens)
+            outputs.append(out)
+            tokens = out.tokens
+            if out.features is not None:
+                feats = out.features
+        assert tokens is not None
+        logits = self.fc(tokens.mean(dim=1))
+        return VTOutput(logits, tuple(outputs), (h, w))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``[B, classes]`` for images ``[B, 3, H, W]``."""
+        return self.explain(x).logits
+
+
+class ResNet(nn.Module):
+    """Plain ResNet (same stem and padding as VT-ResNet, plus stage 4): the baseline."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        pad = config.padding_mode
+        self.stem = ResNetStem(config.blocks[:3], pad)  # type: ignore[arg-type]
+        self.layer4 = _stage(256, 512, config.blocks[3], 2, pad)  # type: ignore[arg-type]
+        self.fc = nn.Linear(512, config.num_classes)
+        _init_weights(self)
+
+    tokenizer_kinds: list[str] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``[B, classes]`` for images ``[B, 3, H, W]``."""
+        return self.fc(self.layer4(self.stem(x)).mean(dim=(2, 3)))
+
+
+Model = VTResNet | ResNet
+
+
+def vt_resnet18(**kwargs) -> VTResNet:
+    """VT-ResNet-18: ResNet-18 stages 1-3 and two VT modules (filter, recurrent).
+
+    Keyword arguments override :class:`ModelConfig` fields (``num_classes``,
+    ``tokenizers``, ``num_tokens``, ``token_channels``, ``padding_mode``).
+    """
+    return VTResNet(ModelConfig(arch="vt_resnet18", blocks=(2, 2, 2), **kwargs))
+
+
+def vt_resnet34(**kwargs) -> VTResNet:
+    """VT-ResNet-34: ResNet-34 stages 1-3 and three VT modules (filter, recurrent, recurrent)."""
+    kwargs.setdefault("tokenizers", ("filter", "recurrent", "recurrent"))
+    return VTResNet(ModelConfig(arch="vt_resnet34", blocks=(3, 4, 6), **kwargs))
+
+
+def resnet18(**kwargs) -> ResNet:
+    """Plain ResNet-18 baseline with the same padding choice as the VT models."""
+    kwargs.setdefault("tokenizers", ())
+    return ResNet(ModelConfig(arch="resnet18", blocks=(2, 2, 2, 2), **kwargs))
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "vt_resnet18": vt_resnet18,
+    "vt_resnet34": vt_resnet34,
+    "resnet18": resnet18,
+}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the architecture named by ``config.arch`` with the config's settings."""
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.arch!r}; known: {sorted(ARCHITECTURES)}")
+    kwargs = config.to_dict()
+    kwargs.pop("arch")
+    kwargs.pop("blocks")
+    return ARCHITECTURES[config.arch](**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not, buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def multiply_adds(model: nn.Module, size: int = 224) -> int:
+    """Multiply-adds of one forward pass at ``size`` x ``size`` (FLOPs / 2), by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+

@@ -1,0 +1,361 @@
+"""Training VT models on an image folder: ``vtviz train`` / ``python -m vtviz.train``.
+
+Recipe (measured on Imagenette; see ``pretrained/README.md``):
+
+* data decoded once into a uint8 cache, augmented on whole batches (random-resized crop
+  by ``roi_align``, horizontal flip);
+* progressive resizing (``--schedule 128:14,176:2,224:2`` = 14 epochs at 128 px, ...);
+* AdamW, linear warm-up then cosine decay, label smoothing, gradient clipping;
+* **token diversity penalty**: the mean cosine similarity between different tokens'
+  attention maps of one image, for every VT layer, added to the loss (weight
+  ``--diversity``). Without it the recurrent tokenizer's tokens collapse onto one pixel
+  and the filter tokenizer's maps go uniform;
+* optional distillation from EfficientNet-Lite0 (``--teacher efficientnet-lite0``), whose
+  logits on the training images are computed once and cached;
+* bfloat16 autocast and channels-last on CPUs with native bf16 and on CUDA;
+* a resumable checkpoint after every epoch (``--resume``), deterministic with ``--seed``;
+* DistributedDataParallel under ``torchrun`` (gloo on CPU, NCCL on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .checkpoint import resolve_device, save_model
+from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
+from .evaluate import evaluate_arrays
+from .explain import autocast_for
+from .maps import mean_offdiagonal_cosine
+from .meta import Fit, ModelMeta, Preprocess
+from .model import ModelConfig, VTResNet, build_model, count_parameters
+
+
+def parse_schedule(text: str) -> list[int]:
+    """``"128:14,224:2"`` -> input size per epoch ``[128]*14 + [224]*2``."""
+    sizes: list[int] = []
+    for part in text.split(","):
+        size, _, epochs = part.strip().partition(":")
+        sizes += [int(size)] * int(epochs or 1)
+    if not sizes:
+        raise ValueError(f"empty schedule {text!r}")
+    return sizes
+
+
+@dataclass
+class Dist:
+    """Where this process sits in a (possibly one-process) distributed run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class _Objective(nn.Module):
+    """Forward used for training: logits and every VT layer's tokenizer attention.
+
+    A module of its own so that DistributedDataParallel sees one ``forward``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        if isinstance(self.model, VTResNet):
+            out = self.model.explain(x)
+            return out.logits, [layer.attention for layer in out.layers]
+        return self.model(x), []
+
+
+def diversity_penalty(attentions: Sequence[Tensor]) -> Tensor:
+    """Mean over layers and images of the mean off-diagonal cosine of token maps ``[B, L, HW]``."""
+    if not attentions:
+        return torch.zeros(())
+    return torch.stack([mean_offdiagonal_cosine(a.unsqueeze(-1)).mean() for a in attentions]).mean()
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _hardware(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        name = f"{name}, {torch.get_num_threads()} threads"
+    return f"{world} x {name}" if world > 1 else name
+
+
+def teacher_logits(data: ImageFolderData, cache_dir: Path | None, progress: bool,
+                   batch_size: int = 64) -> Tensor:
+    """EfficientNet-Lite0 logits over ``data``'s classes for every image ``[N, classes]`` (cached)."""
+    from .teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
+
+    indices = imagenet_indices(data.classes)
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha1(json.dumps([len(data), data.files[:3], data.files[-3:], indices])
+                           .encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"teacher-effnet-lite0-{key}.npy"
+        if cache.exists():
+            return torch.from_numpy(np.load(cache))
+    teacher = load_efficientnet_lite0().to(memory_format=torch.channels_last)
+    out = []
+    for start in tqdm(range(0, len(data), batch_size), desc="teacher logits", disable=not progress):
+        imgs = torch.from_numpy(np.ascontiguousarray(data.images[start:start + batch_size]))
+        x = normalize_batch(imgs.permute(0, 3, 1, 2).float(), MEAN, STD)
+        with torch.inference_mode(), autocast_for(torch.device("cpu")):
+            out.append(teacher(x.contiguous(memory_format=torch.channels_last))[:, indices].float())
+    logits = torch.cat(out)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, logits.numpy())
+    return logits
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a training job described by the parsed command line; returns the final summary."""
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = _init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    schedule = parse_schedule(args.schedule)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(args.data)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    pre = Preprocess(size=args.eval_size or schedule[-1], fit=Fit.STRETCH)
+    train_pre = Preprocess(size=max(max(schedule), pre.size), fit=Fit.STRETCH)
+    progress = d.main and not args.quiet
+    train_data = read_image_folder(root / "train", train_pre, cache_dir=cache_dir, progress=progress)
+    val_data = read_image_folder(root / "val", pre, class_ids=train_data.class_ids,
+                                 cache_dir=cache_dir, progress=progress)
+    soft = teacher_logits(train_data, cache_dir, progress) if args.teacher else None
+
+    torch.manual_seed(args.seed)
+    config = ModelConfig.from_dict({
+        **build_model(ModelConfig(arch=args.arch)).config.to_dict(),
+        "num_classes": len(train_data.class_ids),
+        **({"tokenizers": tuple(args.tokenizers.split(","))} if args.tokenizers else {}),
+        "num_tokens": args.tokens, "padding_mode": args.padding,
+    })
+    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    objective: nn.Module = _Objective(model)
+    if d.world > 1:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr,
+                                  betas=(0.9, 0.99))
+    per_rank = len(train_data) // d.world
+    steps_per_epoch = per_rank // args.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {args.batch_size} exceeds the {per_rank} images per rank")
+    total_steps = steps_per_epoch * len(schedule)
+    warmup = min(steps_per_epoch * args.warmup_epochs, total_steps // 2) or 1
+    history: list[dict[str, Any]] = []
+    start_epoch, wall = 0, 0.0
+    state_path = out_dir / "last.pt"
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, wall = int(state["epoch"]) + 1, float(state["wall"])
+        history = list(state["history"])
+        if d.main:
+            print(f"resumed from {state_path} after epoch {start_epoch}", file=sys.stderr)
+
+    labels_all = torch.from_numpy(train_data.labels)
+    for epoch in range(start_epoch, len(schedule)):
+        size = schedule[epoch]
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same on every rank
+        order = torch.randperm(len(train_data), generator=gen)[d.rank:per_rank * d.world:d.world]
+        model.train()
+        sums = {"loss": 0.0, "correct": 0.0, "div": 0.0, "n": 0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{len(schedule)} @{size}px",
+                   disable=not progress, unit="batch")
+        for i in bar:
+            idx = order[i * args.batch_size:(i + 1) * args.batch_size].sort().values
+            imgs = torch.from_numpy(train_data.images[idx.numpy()])
+            y = labels_all[idx].to(device)
+            x = random_resized_crop(imgs.to(device), size, gen, scale=(args.min_scale, 1.0))
+            x = normalize_batch(x, pre.mean, pre.std).contiguous(memory_format=torch.channels_last)
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * _lr_factor(step, total_steps, warmup)
+            with autocast_for(device, None if args.amp else False):
+                logits, attentions = objective(x)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            if soft is not None:
+                t = args.kd_temperature
+                kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(soft[idx].to(device) / t, -1),
+                              reduction="batchmean", log_target=True) * t * t
+                loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
+            div = diversity_penalty(attentions).to(loss.device)
+            total = loss + args.diversity * div
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+            n = len(y)
+            sums["loss"] += loss.item() * n
+            sums["div"] += div.item() * n
+            sums["correct"] += (logits.argmax(-1) == y).sum().item()
+            sums["n"] += n
+            elapsed = time.time() - t0
+            bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}",
+                            div=f"{sums['div'] / sums['n']:.3f}",
+                            ips=f"{sums['n'] * d.world / max(elapsed, 1e-9):.0f}")
+        wall += time.time() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "size": size, "loss": sums["loss"] / sums["n"],
+            "train_acc": sums["correct"] / sums["n"], "diversity": sums["div"] / sums["n"],
+            "images_per_s": sums["n"] * d.world / (time.time() - t0),
+        }
+        last = epoch == len(schedule) - 1
+        if d.main and (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
+            ev = evaluate_arrays(model, val_data, pre, progress=False)
+            record.update(val_top1=ev["top1"], val_top5=ev["top5"])
+            if "token_stats" in ev:
+                record["token_stats"] = ev["token_stats"]
+            if last:
+                final_eval = ev
+        history.append(record)
+        if d.main:
+            print(json.dumps(record), file=sys.stderr)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch, "wall": wall, "history": history}
+            tmp = state_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, state_path)
+        if d.world > 1:
+            dist.barrier()
+
+    summary: dict[str, Any] = {}
+    if d.main:
+        if start_epoch >= len(schedule):  # resumed a finished run: evaluate again
+            final_eval = evaluate_arrays(model, val_data, pre, progress=False)
+        summary = {
+            "data": {"root": str(root), "train_images": len(train_data), "val_images": len(val_data)},
+            "recipe": {k: v for k, v in vars(args).items()
+                       if k not in ("data", "out", "cache_dir", "quiet", "resume", "func")},
+            "epochs": len(schedule),
+            "wall_time_s": round(wall, 1),
+            "hardware": _hardware(device, d.world),
+            "torch": torch.__version__,
+            "parameters": count_parameters(model),
+            "val": final_eval,
+            "history": history,
+        }
+        meta = ModelMeta(config=config, classes=train_data.classes, class_ids=train_data.class_ids,
+                         preprocess=pre, name=args.name, description=args.description,
+                         training=summary)
+        path = save_model(model, out_dir / args.name, meta,
+                          dtype=torch.float16 if args.half else None)
+        if not args.quiet:
+            print(json.dumps({"checkpoint": str(path), "val_top1": final_eval["top1"]}))
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``vtviz train`` options."""
+    p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, last.pt)")
+    p.add_argument("--name", default="model", help="checkpoint name (NAME.safetensors)")
+    p.add_argument("--description", default="")
+    p.add_argument("--arch", default="vt_resnet18", choices=["vt_resnet18", "vt_resnet34", "resnet18"])
+    p.add_argument("--tokenizers", default=None, help="e.g. filter,recurrent (default: the arch's)")
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--padding", default="reflect", choices=["reflect", "zeros"])
+    p.add_argument("--schedule", default="128:14,176:2,224:2", help="SIZE:EPOCHS,... per phase")
+    p.add_argument("--eval-size", type=int, default=None, help="default: the schedule's last size")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--min-scale", type=float, default=0.25, help="random-resized-crop min area")
+    p.add_argument("--clip", type=float, default=2.0, help="gradient-norm clipping")
+    p.add_argument("--diversity", type=float, default=0.5, help="token-map diversity penalty weight")
+    p.add_argument("--teacher", choices=["efficientnet-lite0"], default=None)
+    p.add_argument("--kd-weight", type=float, default=0.5)
+    p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision where the hardware has it")
+    p.add_argument("--half", action="store_true", help="store the checkpoint in float16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/vtviz"))
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: last only)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from OUT/last.pt when it exists")
+    p.add_argument("--quiet", action="store_true")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m vtviz.train``."""
+    parser = argparse.ArgumentParser(prog="vtviz train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    train(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
