@@ -1,4 +1,4 @@
-"""The ``vtviz`` command: ``info``, ``predict``, ``train``, ``evaluate``.
+"""The ``vtviz`` command: ``info``, ``predict``, ``export``, ``train``, ``evaluate``.
 
 A thin shell over the library: parse arguments, call the API, print JSON or text.
 Exit status: 0 success, 1 fatal error (bad model, bad arguments), 2 some inputs failed.
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from .checkpoint import load_model, model_meta
 from .errors import VTVizError
+from .meta import Fit
+from .render import Colormap
 
 
 def _describe(name: str, model) -> dict:
@@ -77,6 +79,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import os
+
+    from .export import ExportOptions, export, iter_inputs, parse_indices
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, barrier, device = 0, None, args.device
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        use_cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        rank = dist.get_rank()
+        barrier = dist.barrier
+        if use_cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        elif args.device == "auto":
+            device = "cpu"
+    try:
+        inputs = iter_inputs(args.inputs)
+        model = load_model(args.model, device=device)
+        options = ExportOptions(
+            layers=parse_indices(args.layers), tokens=parse_indices(args.tokens),
+            colormap=Colormap(args.colormap), alpha=args.alpha, contour=args.contour,
+            size=args.size or None, fmt=args.format, images=not args.raw_only, raw=not args.no_raw,
+            fit=Fit(args.fit) if args.fit else None)
+        summary = export(model, inputs, args.out, options, batch_size=args.batch_size,
+                         workers=args.workers, writers=args.writers, resume=args.resume,
+                         progress=not args.quiet and rank == 0, rank=rank, world=world,
+                         barrier=barrier, model_name=args.model)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0 and not args.quiet:
+        print(json.dumps({k: v for k, v in summary.__dict__.items() if k != "failures"}))
+        for failure in summary.failures:
+            print(f"failed: {failure['source']}: {failure['error']}", file=sys.stderr)
+    return summary.exit_code if rank == 0 else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
@@ -111,6 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="token heatmaps for folders of images")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs")
+    p.add_argument("--model", required=True, help="bundled model name or checkpoint path")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--layers", default=None, help="layer indices, e.g. 0 or 0,1 (default: all)")
+    p.add_argument("--tokens", default=None, help="token indices, e.g. 0-3,7 (default: all)")
+    p.add_argument("--colormap", default="turbo", choices=[c.value for c in Colormap])
+    p.add_argument("--alpha", type=float, default=0.6)
+    p.add_argument("--contour", type=float, default=None, help="outline the region holding this "
+                   "share of each token's attention, e.g. 0.5")
+    p.add_argument("--size", type=int, default=0, help="longer side of the pictures (default: original)")
+    p.add_argument("--format", default="png", choices=["png", "jpg", "webp"])
+    p.add_argument("--fit", default=None, choices=[f.value for f in Fit],
+                   help="override the model's preprocessing (letterbox: see whole photos)")
+    p.add_argument("--raw-only", action="store_true", help="only maps.npz, no pictures")
+    p.add_argument("--no-raw", action="store_true", help="no maps.npz")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (0: inline)")
+    p.add_argument("--writers", type=int, default=2, help="rendering/encoding threads")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip inputs whose outputs are complete (default when a manifest exists)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     from .train import add_arguments
 

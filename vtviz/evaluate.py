@@ -36,7 +36,7 @@ def evaluate_arrays(model: nn.Module, data: ImageFolderData, pre: Preprocess, *,
     try:
         for start in tqdm(range(0, len(data), batch_size), desc="evaluate", disable=not progress,
                           unit="batch"):
-            imgs = torch.from_numpy(np.ascontiguousarray(data.images[start:start + batch_size]))
+            imgs = torch.from_numpy(np.array(data.images[start:start + batch_size]))
             labels = torch.from_numpy(data.labels[start:start + batch_size])
             x = normalize_batch(resize_batch(imgs, pre.size), pre.mean, pre.std)
             if isinstance(model, VTResNet):

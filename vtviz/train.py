@@ -104,6 +104,15 @@ def diversity_penalty(attentions: Sequence[Tensor]) -> Tensor:
     return torch.stack([mean_offdiagonal_cosine(a.unsqueeze(-1)).mean() for a in attentions]).mean()
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-1 of every parameter and buffer: equal on all ranks when DDP kept them in sync."""
+    h = hashlib.sha1()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -151,7 +160,7 @@ def teacher_logits(data: ImageFolderData, cache_dir: Path | None, progress: bool
     teacher = load_efficientnet_lite0().to(memory_format=torch.channels_last)
     out = []
     for start in tqdm(range(0, len(data), batch_size), desc="teacher logits", disable=not progress):
-        imgs = torch.from_numpy(np.ascontiguousarray(data.images[start:start + batch_size]))
+        imgs = torch.from_numpy(np.array(data.images[start:start + batch_size]))
         x = normalize_batch(imgs.permute(0, 3, 1, 2).float(), MEAN, STD)
         with torch.inference_mode(), autocast_for(torch.device("cpu")):
             out.append(teacher(x.contiguous(memory_format=torch.channels_last))[:, indices].float())
@@ -259,6 +268,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}",
                             div=f"{sums['div'] / sums['n']:.3f}",
                             ips=f"{sums['n'] * d.world / max(elapsed, 1e-9):.0f}")
+        if d.world > 1:  # BatchNorm statistics are per rank: average them
+            for buf in model.buffers():
+                if buf.is_floating_point():
+                    dist.all_reduce(buf)
+                    buf /= d.world
         wall += time.time() - t0
         record: dict[str, Any] = {
             "epoch": epoch + 1, "size": size, "loss": sums["loss"] / sums["n"],
@@ -283,7 +297,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             os.replace(tmp, state_path)
         if d.world > 1:
             dist.barrier()
+        if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and not last:
+            if d.main:
+                print(f"stopping after epoch {epoch + 1} (--stop-after); rerun to resume",
+                      file=sys.stderr)
+            if d.world > 1:
+                dist.destroy_process_group()
+            return {}
 
+    fingerprints = [weights_fingerprint(model)]
+    if d.world > 1:
+        gathered: list[Any] = [None] * d.world
+        dist.all_gather_object(gathered, fingerprints[0])
+        fingerprints = gathered
     summary: dict[str, Any] = {}
     if d.main:
         if start_epoch >= len(schedule):  # resumed a finished run: evaluate again
@@ -297,6 +323,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "hardware": _hardware(device, d.world),
             "torch": torch.__version__,
             "parameters": count_parameters(model),
+            "world_size": d.world,
+            "ranks_identical": len(set(fingerprints)) == 1,
             "val": final_eval,
             "history": history,
         }
@@ -346,6 +374,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: last only)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/last.pt when it exists")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after N epochs in this run (resume later); 0 = run to the end")
     p.add_argument("--quiet", action="store_true")
 
 

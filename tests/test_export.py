@@ -1,0 +1,172 @@
+"""`vtviz export`: outputs, bad inputs, kill and resume, torchrun sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_image import huge_png
+from vtviz.cli import main as cli
+from vtviz.export import TMP_SUFFIX, load_manifest, safe_name
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        h, w = rng.integers(40, 90, 2)
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        p = folder / f"img{i:03d}.png"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+def _files(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+
+
+def _comparable(out: Path) -> list[dict]:
+    records, summary = load_manifest(out)
+    assert summary is not None
+    return records
+
+
+def _assert_same_records(a: list[dict], b: list[dict]) -> None:
+    assert [r["source"] for r in a] == [r["source"] for r in b]
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        assert x["status"] == y["status"] and x.get("sha256") == y.get("sha256")
+        if x["status"] == "ok":
+            assert [t["class"] for t in x["top5"]] == [t["class"] for t in y["top5"]]
+            assert [t["p"] for t in x["top5"]] == pytest.approx([t["p"] for t in y["top5"]], abs=2e-3)
+            assert [[t["peak"] for t in la["tokens"]] for la in x["layers"]] == \
+                [[t["peak"] for t in la["tokens"]] for la in y["layers"]]
+        else:
+            assert x["error"] == y["error"]
+
+
+def test_export_folder_with_bad_inputs(tmp_path, checkpoint, rgb):
+    src = tmp_path / "in"
+    good = _photos(src / "a", 2) + [src / "b" / "img000.png"]
+    (src / "b").mkdir()
+    Image.fromarray(rgb).save(good[-1])  # same name as a/img000.png, other folder
+    (src / "zero.jpg").write_bytes(b"")
+    (src / "text.png").write_text("I am not a PNG\n")
+    data = (tmp_path / "t.jpg")
+    Image.fromarray(np.tile(rgb, (3, 3, 1))).save(data, quality=90)
+    (src / "cut.jpg").write_bytes(data.read_bytes()[:800])
+    (src / "huge.png").write_bytes(huge_png())
+    out = tmp_path / "out"
+    code = cli(["export", "--model", checkpoint, "--out", str(out), str(src), "--workers", "1",
+                "--batch-size", "2", "--quiet", "--device", "cpu"])
+    assert code == 2
+    records, summary = load_manifest(out)
+    by_name = {Path(r["source"]).name + ("/b" if "/b/" in r["source"] else ""): r for r in records}
+    assert summary["exported"] == 3 and summary["failed"] == 4
+    assert "empty file" in by_name["zero.jpg"]["error"]
+    assert "not an image" in by_name["text.png"]["error"]
+    assert "truncated" in by_name["cut.jpg"]["error"]
+    assert "too large" in by_name["huge.png"]["error"]
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len({r["output_dir"] for r in ok}) == 3  # two img000.png, two folders
+    for r in ok:
+        assert len(r["top5"]) == 5 and len(r["sha256"]) == 64
+        assert [la["kind"] for la in r["layers"]] == ["filter", "recurrent"]
+        assert len(r["layers"][0]["tokens"]) == 16
+        token = r["layers"][0]["tokens"][3]
+        assert 0 <= token["entropy"] <= 1 and 0 < token["top10_share"] <= 1
+        for rel in [token["file"], r["layers"][0]["grid"], r["layers"][1]["partition"], r["raw"]]:
+            assert (out / rel).is_file()
+        w, h = r["size"]
+        assert Image.open(out / token["file"]).size == (w, h)  # drawn on the original geometry
+        raw = np.load(out / r["raw"])
+        assert raw["layer0_attention"].shape == (16, 4, 4)
+        np.testing.assert_allclose(raw["layer0_attention"].sum((-2, -1)), 1, atol=1e-5)
+        assert "layer1_assignment" not in raw and raw["logits"].shape == (5,)
+    assert not list(out.rglob(f"*{TMP_SUFFIX}"))
+
+
+def test_export_options(tmp_path, checkpoint):
+    src = _photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    assert cli(["export", "--model", checkpoint, "--out", str(out), *map(str, src), "--layers", "1",
+                "--tokens", "0-2,5", "--format", "jpg", "--size", "48", "--no-raw", "--workers", "0",
+                "--quiet", "--colormap", "viridis", "--contour", "0.5"]) == 0
+    (rec,), _ = load_manifest(out)
+    assert [la["layer"] for la in rec["layers"]] == [1]
+    assert [t["token"] for t in rec["layers"][0]["tokens"]] == [0, 1, 2, 5]
+    assert "raw" not in rec
+    img = Image.open(out / rec["layers"][0]["tokens"][0]["file"])
+    assert img.format == "JPEG" and max(img.size) == 48
+    raw_out = tmp_path / "raw"
+    assert cli(["export", "--model", checkpoint, "--out", str(raw_out), *map(str, src), "--raw-only",
+                "--workers", "0", "--quiet"]) == 0
+    assert {Path(f).name for f in _files(raw_out)} == {"maps.npz", "manifest.jsonl"}
+
+
+def test_safe_names(tmp_path):
+    names = {safe_name(tmp_path / "a" / "cat.jpg"), safe_name(tmp_path / "b" / "cat.jpg")}
+    assert len(names) == 2 and all(n.startswith("cat-") for n in names)
+    weird = safe_name(tmp_path / "..  évil name;rm -rf.png")
+    assert "/" not in weird and not weird.startswith(".") and " " not in weird and "é" in weird
+
+
+def _export_cmd(checkpoint: str, src: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "vtviz", "export", "--model", checkpoint, "--out", str(out), str(src),
+            "--workers", "1", "--batch-size", "2", "--writers", "1", "--quiet", "--device", "cpu"]
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, checkpoint):
+    src = tmp_path / "in"
+    _photos(src, 24)
+    (src / "broken.png").write_bytes(b"garbage")
+    reference = tmp_path / "reference"
+    subprocess.run(_export_cmd(checkpoint, src, reference), env=ENV, check=False, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_export_cmd(checkpoint, src, killed), env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        parts = list((killed / ".manifest-parts").glob("*.jsonl")) if killed.exists() else []
+        if parts and len(parts[0].read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.jsonl").exists() or proc.returncode == 2  # it was cut short
+    rerun = subprocess.run(_export_cmd(checkpoint, src, killed), env=ENV, timeout=300)
+    assert rerun.returncode == 2  # broken.png
+    assert _files(killed) == _files(reference)
+    _assert_same_records(_comparable(killed), _comparable(reference))
+    assert not list(killed.rglob(f"*{TMP_SUFFIX}"))
+    _, summary = load_manifest(killed)
+    assert summary["skipped"] >= 3 and summary["exported"] + summary["skipped"] == 24
+
+
+def test_torchrun_two_ranks_equal_single_process(tmp_path, checkpoint):
+    src = tmp_path / "in"
+    _photos(src, 7)
+    single = tmp_path / "single"
+    assert subprocess.run(_export_cmd(checkpoint, src, single), env=ENV, timeout=300).returncode == 0
+    sharded = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           "29741", "-m", "vtviz", *_export_cmd(checkpoint, src, sharded)[3:]]
+    proc = subprocess.run(cmd, env=ENV, timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _files(sharded) == _files(single)
+    _assert_same_records(_comparable(sharded), _comparable(single))
+    _, summary = load_manifest(sharded)
+    assert summary["world_size"] == 2
+    assert json.loads(json.dumps(summary))["failed"] == 0

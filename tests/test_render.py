@@ -1,0 +1,93 @@
+"""Pixels: overlays, colour order, partitions, grids, encoding."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from vtviz import render
+from vtviz.render import Colormap
+
+
+def test_overlay_hot_left_image_right():
+    image = np.full((40, 60, 3), (40, 160, 90), np.uint8)
+    m = np.zeros((4, 6), np.float32)
+    m[:, :3] = 1.0
+    out = render.overlay(image, m, Colormap.JET, alpha=0.7)
+    left, right = out[:, :25].reshape(-1, 3).mean(0), out[:, 35:].reshape(-1, 3).mean(0)
+    hot = render.colormap_lut("jet")[255]  # dark red
+    assert hot[0] > 100 and hot[1] < 30 and hot[2] < 30  # JET's top is dark red, in RGB order
+    expected_left = 0.3 * np.array([40, 160, 90]) + 0.7 * hot
+    np.testing.assert_allclose(left, expected_left, atol=3)
+    np.testing.assert_allclose(right, (40, 160, 90), atol=1)  # the image's own pixels
+    uniform = render.overlay(image, m, Colormap.JET, alpha=0.7, weighted=False)
+    cold = render.colormap_lut("jet")[0]
+    np.testing.assert_allclose(uniform[:, 35:].reshape(-1, 3).mean(0),
+                               0.3 * np.array([40, 160, 90]) + 0.7 * cold, atol=3)
+
+
+def test_rgb_order_with_pure_red():
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    out = render.overlay(red, np.zeros((2, 2)), alpha=0.5)
+    assert (out[..., 0] == 255).all() and (out[..., 1:] == 0).all()
+    decoded = cv2.imdecode(np.frombuffer(render.encode(red, "png"), np.uint8), cv2.IMREAD_COLOR)
+    assert tuple(decoded[0, 0]) == (0, 0, 255)  # stored as true red (OpenCV reads BGR)
+    lut = render.colormap_lut("turbo")
+    assert lut[255][0] > lut[255][2] and lut[0][2] > lut[0][0]  # turbo: blue low, red high
+
+
+def test_overlay_many_maps_and_mask():
+    image = np.zeros((20, 20, 3), np.uint8)
+    maps = np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)
+    mask = np.zeros((20, 20), bool)
+    mask[:, :10] = True
+    out = render.overlay(image, maps, mask=mask)
+    assert out.shape == (3, 20, 20, 3)
+    assert (out[:, :, 10:] == 0).all() and out[:, :, :10].any()
+    with pytest.raises(ValueError, match="RGB uint8"):
+        render.overlay(image.astype(np.float32), maps[0])
+
+
+def test_mass_contour_region():
+    m = np.zeros((10, 10))
+    m[2, 2], m[5, 5], m[7, 7] = 6, 3, 1
+    assert render.mass_region(m, 0.5).sum() == 1
+    assert render.mass_region(m, 0.9).sum() == 2
+    img = render.overlay(np.zeros((50, 50, 3), np.uint8), m, contour=0.5, alpha=0.0)
+    assert (img == 255).all(-1).any()  # the white outline was drawn
+
+
+def test_partition_colours_follow_argmax():
+    w = np.zeros((3, 2, 2), np.float32)
+    w[0, 0, 0] = w[1, 0, 1] = w[2, 1, 0] = w[2, 1, 1] = 1
+    image = np.zeros((40, 40, 3), np.uint8)
+    out = render.partition(image, w, alpha=1.0)
+    owners = render.resize_map(w, (40, 40)).argmax(0)
+    for (y, x) in [(5, 5), (5, 35), (35, 5), (35, 35)]:
+        np.testing.assert_array_equal(out[y, x], render.PALETTE[owners[y, x]])
+    assert owners[5, 5] == 0 and owners[5, 35] == 1 and owners[35, 20] == 2
+    assert len({tuple(c) for c in render.PALETTE}) == len(render.PALETTE) >= 16
+
+
+def test_grid_shape_and_labels():
+    cells = [[np.full((30, 40, 3), 50 * (r + c), np.uint8) for c in range(3)] for r in range(2)]
+    out = render.grid(cells, row_labels=["a", "b"], col_labels=["x", "y", "z"], gap=2, label_width=50)
+    assert out.shape == (18 + 2 * 32 + 2, 50 + 3 * 42 + 2, 3)
+    np.testing.assert_array_equal(out[18 + 2 + 32, 50 + 2 + 42], cells[1][1][0, 0])
+    assert (out[:18, 52:92] < 128).any()  # a column label was written
+    bar = render.colorbar("viridis", 0.0, 0.25, 200)
+    assert bar.shape[1] == 200
+    np.testing.assert_array_equal(bar[0, 0], render.colormap_lut("viridis")[0])
+    tiled = render.tile([cells[0][0]] * 5, columns=4)
+    assert tiled.shape[:2] == (2 * 32 + 2, 4 * 42 + 2)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_encode_formats(fmt):
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[..., 1] = 200
+    back = cv2.cvtColor(cv2.imdecode(np.frombuffer(render.encode(img, fmt), np.uint8), 1),
+                        cv2.COLOR_BGR2RGB)
+    np.testing.assert_allclose(back, img, atol=6)

@@ -1,0 +1,426 @@
+"""Batch export of token heatmaps for folders of images (``vtviz export``).
+
+Pipeline: decoding in worker processes -> batched inference (GPU, or bf16 autocast on CPUs
+that have it) -> rendering and encoding in writer threads, overlapping with inference;
+bounded windows keep memory flat. Every file is written atomically (temporary name, then
+rename) and each input gets one ``manifest.jsonl`` record once all its outputs exist, so a
+killed export resumes where it stopped. Under ``torchrun`` the inputs are sharded across
+ranks, each writing its own manifest part, merged by rank 0 at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import render
+from .checkpoint import model_meta
+from .errors import ImageError
+from .explain import preprocess_for, token_maps, top_k
+from .image import Geometry, fit_image, load_image, maps_to_original, to_tensor
+from .maps import LayerMaps, normalized_entropy, peak_positions, top_share
+from .meta import Fit, Preprocess
+from .render import Colormap
+
+MANIFEST = "manifest.jsonl"
+PARTS = ".manifest-parts"
+TMP_SUFFIX = ".vtviz-tmp"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to write for each image.
+
+    layers/tokens: indices to export (None = all); colormap, alpha, contour (mass level or
+    None): overlay look; size: longer side of the pictures in pixels (None = original);
+    fmt: png, jpg or webp; images: write pictures; raw: write ``maps.npz``;
+    fit: override the model's preprocessing fit (e.g. letterbox).
+    """
+
+    layers: tuple[int, ...] | None = None
+    tokens: tuple[int, ...] | None = None
+    colormap: Colormap = Colormap.TURBO
+    alpha: float = 0.6
+    contour: float | None = None
+    size: int | None = None
+    fmt: str = "png"
+    images: bool = True
+    raw: bool = True
+    fit: Fit | None = None
+
+
+@dataclass
+class ExportSummary:
+    """Counts and throughput of one export run (also the manifest's last line)."""
+
+    inputs: int = 0
+    exported: int = 0
+    skipped: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    images_per_s: float = 0.0
+    device: str = ""
+    model: str = ""
+    world_size: int = 1
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input succeeded, 2 when some failed."""
+        return 2 if self.failed else 0
+
+
+# --------------------------------------------------------------------------- naming, files
+def safe_name(path: Path) -> str:
+    """A collision-free, file-system-safe folder name for an input path.
+
+    The readable part keeps letters (unicode included), digits, ``.``, ``-`` and ``_`` of the
+    file's stem; an 8-hex hash of the full path tells apart equal names in other folders.
+    """
+    stem = re.sub(r"[^\w.-]+", "_", path.stem, flags=re.UNICODE).strip("._-")[:60] or "image"
+    digest = hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary files left by a killed export; returns how many."""
+    stale = list(out_dir.rglob(f"*{TMP_SUFFIX}"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def parse_indices(text: str | None) -> tuple[int, ...] | None:
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)``; None or ``"all"`` -> None."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- manifest
+def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Input records of the manifest and of unmerged parts, by source path (latest wins)."""
+    records: dict[str, dict[str, Any]] = {}
+    files = [out_dir / MANIFEST] + sorted((out_dir / PARTS).glob("*.jsonl"))
+    for f in files:
+        if not f.exists():
+            continue
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if isinstance(rec, dict) and "source" in rec:
+                records[rec["source"]] = rec
+    return records
+
+
+def is_complete(record: dict[str, Any], out_dir: Path) -> bool:
+    """True when a record says ok and every output file it lists exists."""
+    return record.get("status") == "ok" and all((out_dir / p).is_file() for p in record_outputs(record))
+
+
+def record_outputs(record: dict[str, Any]) -> list[str]:
+    """All output paths (relative to the export folder) of a record."""
+    paths = [record["raw"]] if record.get("raw") else []
+    for layer in record.get("layers", []):
+        paths += [t["file"] for t in layer.get("tokens", []) if t.get("file")]
+        paths += [layer[k] for k in ("grid", "partition") if layer.get(k)]
+    return paths
+
+
+def merge_manifest(out_dir: Path, order: Sequence[str], summary: ExportSummary) -> list[dict[str, Any]]:
+    """Write ``manifest.jsonl``: every record in input order, then the summary; drop parts."""
+    records = read_records(out_dir)
+    rank = {s: i for i, s in enumerate(order)}
+    ordered = sorted(records.values(), key=lambda r: (rank.get(r["source"], len(rank)), r["source"]))
+    summary.failed = sum(r.get("status") != "ok" for r in ordered)
+    summary.failures = [{"source": r["source"], "error": r.get("error", "")}
+                        for r in ordered if r.get("status") != "ok"]
+    lines = [json.dumps(r, ensure_ascii=False) for r in ordered]
+    lines.append(json.dumps({"summary": asdict(summary)}, ensure_ascii=False))
+    atomic_write(out_dir / MANIFEST, ("\n".join(lines) + "\n").encode("utf-8"))
+    parts = out_dir / PARTS
+    if parts.exists():
+        for p in parts.glob("*.jsonl"):
+            p.unlink()
+        parts.rmdir()
+    return ordered
+
+
+# --------------------------------------------------------------------------- stages
+@dataclass
+class _Decoded:
+    index: int
+    source: str
+    path: Path
+    sha256: str = ""
+    image: np.ndarray | None = None
+    fitted: np.ndarray | None = None
+    geometry: Geometry | None = None
+    error: str = ""
+
+
+def _decode(index: int, path: Path, pre: Preprocess) -> _Decoded:
+    item = _Decoded(index, str(path), path)
+    try:
+        data = path.read_bytes()
+        item.sha256 = hashlib.sha256(data).hexdigest()
+        item.image = load_image(data, name=str(path))
+        item.fitted, item.geometry = fit_image(item.image, pre)
+    except ImageError as exc:
+        item.error = exc.reason
+    except OSError as exc:
+        item.error = f"cannot read file ({exc.strerror or exc})"
+    return item
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
+                    window: int) -> Iterator[_Decoded]:
+    """Decode in input order with at most ``window`` images in flight."""
+    if workers <= 0:
+        for index, path in jobs:
+            yield _decode(index, path, pre)
+        return
+    with ProcessPoolExecutor(workers, initializer=_worker_init) as pool:
+        pending: deque[Future] = deque()
+        it = iter(jobs)
+        for index, path in it:
+            pending.append(pool.submit(_decode, index, path, pre))
+            if len(pending) >= window:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_decode, nxt[0], nxt[1], pre))
+
+
+def _layer_arrays(layer: LayerMaps, i: int) -> dict[str, np.ndarray]:
+    out = {f"layer{i}_attention": layer.attention.numpy(),
+           f"layer{i}_token_mixing": layer.token_mixing.numpy()}
+    if layer.assignment is not None:
+        out[f"layer{i}_assignment"] = layer.assignment.numpy()
+    return out
+
+
+def _render_one(item: _Decoded, logits: torch.Tensor, layers: list[tuple[int, LayerMaps]],
+                classes: Sequence[str], opts: ExportOptions, out_dir: Path) -> dict[str, Any]:
+    """Render and write all outputs of one image; returns its manifest record."""
+    assert item.image is not None and item.geometry is not None
+    folder = safe_name(item.path)
+    h0, w0 = item.image.shape[:2]
+    size = render.fit_size((h0, w0), opts.size)
+    base = render.resize_image(item.image, size) if opts.images else None
+    record: dict[str, Any] = {
+        "source": item.source, "status": "ok", "sha256": item.sha256, "size": [w0, h0],
+        "output_dir": folder,
+        "top5": [{"class": c, "p": round(p, 4)} for c, p in top_k(logits[None], classes, 5)[0]],
+        "layers": [],
+    }
+    raw: dict[str, np.ndarray] = {"logits": logits.numpy()}
+    for i, layer in layers:
+        att = layer.attention[0]  # [L, h, w]
+        tokens = list(opts.tokens) if opts.tokens is not None else list(range(att.shape[0]))
+        tokens = [t for t in tokens if t < att.shape[0]]
+        peaks = peak_positions(att).tolist()
+        ent = normalized_entropy(att).tolist()
+        top = top_share(att).tolist()
+        (sy, sx), (oy, ox) = item.geometry.scale, item.geometry.offset
+        cell_h = item.geometry.input_size[0] / att.shape[-2]
+        cell_w = item.geometry.input_size[1] / att.shape[-1]
+        sub = f"{folder}/layer{i}-{layer.kind}"
+        entry: dict[str, Any] = {"layer": i, "kind": layer.kind, "tokens": []}
+        for t in tokens:
+            py, px = peaks[t]
+            entry["tokens"].append({
+                "token": t, "entropy": round(ent[t], 4), "peak": [py, px],
+                "peak_xy": [round(((px + 0.5) * cell_w - ox) / sx, 1),
+                            round(((py + 0.5) * cell_h - oy) / sy, 1)],
+                "top10_share": round(top[t], 4),
+            })
+        if opts.raw:
+            raw.update({k: v[0] for k, v in _layer_arrays(layer, i).items()})
+        if opts.images and base is not None:
+            full, mask = maps_to_original(att[tokens], item.geometry, size)
+            mask_np = mask.numpy()
+            overlays = render.overlay(base, full.numpy(), opts.colormap, opts.alpha, mask=mask_np,
+                                      contour=opts.contour)
+            for rec, img in zip(entry["tokens"], overlays):
+                rel = f"{sub}/token{rec['token']:02d}.{opts.fmt}"
+                atomic_write(out_dir / rel, render.encode(img, opts.fmt))
+                rec["file"] = rel
+            cells = [render.labelled(img, f"token {t}") for t, img in zip(tokens, overlays)]
+            title = f"{item.path.name} · layer {i} ({layer.kind})"
+            grid = render.tile(cells, columns=4, title=title, footer=render.colorbar(
+                opts.colormap, 0, 1, min(300, 4 * base.shape[1]), label="each map: min to max"))
+            entry["grid"] = f"{sub}/grid.{opts.fmt}"
+            atomic_write(out_dir / entry["grid"], render.encode(grid, opts.fmt))
+            weights = layer.assignment[0] if layer.assignment is not None else att
+            wfull, _ = maps_to_original(weights, item.geometry, size)
+            part = render.partition(base, wfull.numpy(), mask=mask_np)
+            leg = render.legend([f"token {t}" for t in range(weights.shape[0])],
+                                columns=max(1, min(8, part.shape[1] // 90)))
+            canvas = render.stack_vertical([part, leg])
+            entry["partition"] = f"{sub}/partition.{opts.fmt}"
+            entry["partition_by"] = "assignment" if layer.assignment is not None else "attention"
+            atomic_write(out_dir / entry["partition"], render.encode(canvas, opts.fmt))
+        record["layers"].append(entry)
+    if opts.raw:
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **raw)
+        record["raw"] = f"{folder}/maps.npz"
+        atomic_write(out_dir / record["raw"], buf.getvalue())
+    return record
+
+
+# --------------------------------------------------------------------------- driver
+def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
+           options: ExportOptions = ExportOptions(), *, batch_size: int = 16, workers: int = 2,
+           writers: int = 2, resume: bool = True, progress: bool = True, rank: int = 0,
+           world: int = 1, barrier=None, model_name: str = "") -> ExportSummary:
+    """Export token maps of ``inputs`` (image paths, in this order) into ``out_dir``.
+
+    Returns the summary of this run (after merging the manifest when ``rank == 0``).
+    ``barrier`` is called before merging in multi-process runs.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = model_meta(model)
+    pre = preprocess_for(model, options.fit)
+    order = [str(p) for p in inputs]
+    if rank == 0:
+        remove_stale_temporaries(out)
+        if not resume:
+            for f in [out / MANIFEST, *sorted((out / PARTS).glob("*.jsonl"))]:
+                f.unlink(missing_ok=True)
+    if barrier is not None:
+        barrier()
+    done = {s for s, r in read_records(out).items() if is_complete(r, out)} if resume else set()
+    mine = [(i, Path(s)) for i, s in enumerate(order) if i % world == rank]
+    todo = [(i, p) for i, p in mine if str(p) not in done]
+    summary = ExportSummary(inputs=len(order), skipped=len(mine) - len(todo),
+                            device=str(next(model.parameters()).device), model=model_name or meta.name,
+                            world_size=world)
+    part = out / PARTS / f"rank{rank:03d}-of-{world:03d}.jsonl"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    layer_ids = options.layers
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"export{f' rank {rank}' if world > 1 else ''}",
+               unit="img", disable=not progress)
+    with open(part, "a", encoding="utf-8") as manifest, ThreadPoolExecutor(writers) as pool:
+        pending: deque[Future] = deque()
+
+        def write_record(rec: dict[str, Any]) -> None:
+            manifest.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            manifest.flush()
+            if rec["status"] == "ok":
+                summary.exported += 1
+            bar.update(1)
+            bar.set_postfix(ok=summary.exported, failed=bar.n - summary.exported)
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                write_record(pending.popleft().result())
+
+        batch: list[_Decoded] = []
+
+        def flush_batch() -> None:
+            if not batch:
+                return
+            x = to_tensor([b.fitted for b in batch], pre)  # type: ignore[misc]
+            maps = token_maps(model, x).cpu()
+            chosen = [(i, layer) for i, layer in enumerate(maps.layers)
+                      if layer_ids is None or i in layer_ids]
+            for j, item in enumerate(batch):
+                one = [(i, LayerMaps(layer.kind, layer.attention[j:j + 1], layer.token_mixing[j:j + 1],
+                                     None if layer.assignment is None else layer.assignment[j:j + 1],
+                                     layer.tokens[j:j + 1])) for i, layer in chosen]
+                pending.append(pool.submit(_render_one, item, maps.logits[j], one, meta.classes,
+                                           options, out))
+            batch.clear()
+            drain(2 * writers)
+
+        for item in _decoded_stream(todo, pre, workers, window=max(2 * batch_size, 4)):
+            if item.error:
+                drain(0)
+                write_record({"source": item.source, "status": "error", "error": item.error,
+                              "sha256": item.sha256})
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush_batch()
+        flush_batch()
+        drain(0)
+    bar.close()
+    summary.wall_s = round(time.perf_counter() - t0, 3)
+    summary.images_per_s = round(summary.exported / summary.wall_s, 2) if summary.wall_s > 0 else 0.0
+    if barrier is not None:
+        barrier()
+    if rank == 0:
+        merge_manifest(out, order, summary)
+    return summary
+
+
+def load_manifest(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Records and summary of a finished export's ``manifest.jsonl``."""
+    records, summary = [], None
+    for line in (Path(out_dir) / MANIFEST).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "summary" in rec:
+            summary = rec["summary"]
+        else:
+            records.append(rec)
+    return records, summary
+
+
+def iter_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand the command line's INPUTs (files, folders, globs) in a stable order."""
+    from .image import iter_image_files
+
+    return iter_image_files(inputs)
+
+
+__all__ = ["ExportOptions", "ExportSummary", "export", "load_manifest", "safe_name", "parse_indices",
+           "Fit"]

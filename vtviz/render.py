@@ -1,0 +1,321 @@
+"""Pixels only: colour maps, overlays, contours, partition maps, labelled grids and colour bars.
+
+Inputs are RGB uint8 images ``[H, W, 3]`` and float maps ``[H, W]``; outputs are RGB uint8.
+OpenCV's colour maps return BGR: the conversion happens inside :func:`colorize` only.
+No model is run here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+class Colormap(str, enum.Enum):
+    """OpenCV colour maps by name."""
+
+    TURBO = "turbo"
+    JET = "jet"
+    VIRIDIS = "viridis"
+    INFERNO = "inferno"
+    MAGMA = "magma"
+    PLASMA = "plasma"
+    CIVIDIS = "cividis"
+    HOT = "hot"
+    PARULA = "parula"
+    BONE = "bone"
+
+    @property
+    def cv2_code(self) -> int:
+        return getattr(cv2, f"COLORMAP_{self.name}")
+
+
+#: 20 clearly distinct colours (Kelly's list, minus white/black), RGB, for token partitions.
+PALETTE: np.ndarray = np.array([
+    (255, 179, 0), (128, 62, 117), (255, 104, 0), (166, 189, 215), (193, 0, 32), (206, 162, 98),
+    (0, 125, 52), (246, 118, 142), (0, 83, 138), (255, 122, 92), (83, 55, 122), (255, 142, 0),
+    (179, 40, 81), (244, 200, 0), (127, 24, 13), (147, 170, 0), (89, 51, 21), (241, 58, 19),
+    (35, 44, 22), (129, 112, 102),
+], dtype=np.uint8)
+
+
+@lru_cache(maxsize=32)
+def colormap_lut(colormap: Colormap | str) -> np.ndarray:
+    """The 256 RGB colours of a colour map: ``[256, 3]`` uint8."""
+    cmap = Colormap(colormap)
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cmap.cv2_code)[:, 0]
+    lut = np.ascontiguousarray(bgr[:, ::-1])  # BGR -> RGB, here and nowhere else
+    lut.setflags(write=False)
+    return lut
+
+
+def scale_map(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Map values into [0, 1] by ``vmin``..``vmax`` (default: the array's own min..max)."""
+    v = np.asarray(values, dtype=np.float32)
+    lo = float(v.min()) if vmin is None else vmin
+    hi = float(v.max()) if vmax is None else vmax
+    return np.clip((v - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def colorize(unit: np.ndarray, colormap: Colormap | str = Colormap.TURBO) -> np.ndarray:
+    """``[..., H, W]`` values in [0, 1] -> ``[..., H, W, 3]`` RGB uint8 through a colour map."""
+    idx = np.clip(np.rint(np.asarray(unit, np.float32) * 255), 0, 255).astype(np.uint8)
+    return colormap_lut(colormap)[idx]
+
+
+def resize_map(map2d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map ``[h, w]`` (or ``[..., h, w]``) to ``size`` = (H, W)."""
+    m = np.asarray(map2d, np.float32)
+    if m.shape[-2:] == tuple(size):
+        return m
+    if m.ndim == 2:
+        return cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    flat = m.reshape(-1, *m.shape[-2:])
+    out = np.stack([cv2.resize(x, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for x in flat])
+    return out.reshape(*m.shape[:-2], *size)
+
+
+def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Colormap.TURBO,
+            alpha: float = 0.6, vmin: float | None = None, vmax: float | None = None,
+            mask: np.ndarray | None = None, weighted: bool = True,
+            contour: float | None = None) -> np.ndarray:
+    """Draw a map over an RGB image: ``[H, W, 3]`` uint8 and ``[h, w]`` float -> ``[H, W, 3]`` uint8.
+
+    The map is resized to the image, scaled by ``vmin``/``vmax`` (default: its own range) and
+    coloured. ``weighted`` (default) blends each pixel with opacity ``alpha * value``, so that
+    where the map is 0 the image shows unchanged; otherwise a uniform ``alpha``. Pixels outside
+    ``mask`` (``[H, W]`` bool: what the network saw) keep the image. ``contour`` draws the
+    outline of the smallest region holding that share of the map's mass (e.g. 0.5).
+    Also takes several maps ``[N, h, w]`` at once -> ``[N, H, W, 3]``.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 [H, W, 3], got {img.dtype} {list(img.shape)}")
+    raw = resize_map(map2d, img.shape[:2])
+    if vmin is None and vmax is None and raw.ndim == 3:  # per-map range, each map on its own
+        lo = raw.min(axis=(-2, -1), keepdims=True)
+        hi = raw.max(axis=(-2, -1), keepdims=True)
+        unit = np.clip((raw - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+    else:
+        unit = scale_map(raw, vmin, vmax)
+    color = colorize(unit, colormap).astype(np.float32)
+    a = (alpha * unit if weighted else np.full_like(unit, alpha))[..., None]
+    if mask is not None:
+        a = a * np.asarray(mask, np.float32)[..., None]
+    out = img.astype(np.float32) * (1 - a) + color * a
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if contour is not None:
+        if out.ndim == 4:
+            for o, r in zip(out, raw):
+                draw_mass_contour(o, r, contour)
+        else:
+            draw_mass_contour(out, raw, contour)
+    return out
+
+
+def mass_threshold(map2d: np.ndarray, mass: float) -> float:
+    """Value t such that the pixels with value >= t hold ``mass`` of the map's total."""
+    v = np.sort(np.clip(np.asarray(map2d, np.float64).ravel(), 0, None))[::-1]
+    total = v.sum()
+    if total <= 0:
+        return float("inf")
+    k = int(np.searchsorted(np.cumsum(v), mass * total))
+    return float(v[min(k, v.size - 1)])
+
+
+def mass_region(map2d: np.ndarray, mass: float = 0.5) -> np.ndarray:
+    """Bool mask of the smallest set of pixels holding ``mass`` of the map's total."""
+    return np.asarray(map2d) >= mass_threshold(map2d, mass)
+
+
+def draw_mass_contour(image: np.ndarray, map2d: np.ndarray, mass: float = 0.5,
+                      color: tuple[int, int, int] = (255, 255, 255), thickness: int = 1) -> np.ndarray:
+    """Outline (in place) the region holding ``mass`` of the map; returns the image."""
+    region = mass_region(resize_map(map2d, image.shape[:2]), mass).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(image, contours, -1, color, thickness, lineType=cv2.LINE_AA)
+    return image
+
+
+def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.55,
+              mask: np.ndarray | None = None, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """Colour each pixel by the token that owns it (argmax over ``weights`` ``[L, h, w]``).
+
+    Returns RGB uint8 ``[H, W, 3]``; token ``i`` has colour ``palette[i % len(palette)]``,
+    with borders between regions drawn dark.
+    """
+    img = np.asarray(image)
+    w = resize_map(weights, img.shape[:2])
+    owner = w.argmax(0)
+    color = palette[owner % len(palette)].astype(np.float32)
+    a = np.full(owner.shape + (1,), alpha, np.float32)
+    if mask is not None:
+        a *= np.asarray(mask, np.float32)[..., None]
+    out = np.rint(img.astype(np.float32) * (1 - a) + color * a).astype(np.uint8)
+    edges = np.zeros(owner.shape, bool)
+    edges[:, 1:] |= owner[:, 1:] != owner[:, :-1]
+    edges[1:, :] |= owner[1:, :] != owner[:-1, :]
+    out[edges] = (out[edges] * 0.3).astype(np.uint8)
+    return out
+
+
+def owners(weights: np.ndarray) -> np.ndarray:
+    """Token index owning each cell of ``[L, h, w]`` weights: ``[h, w]`` int."""
+    return np.asarray(weights).argmax(0)
+
+
+# --------------------------------------------------------------------------- text, grids
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def text_strip(text: str, width: int, height: int = 18, size: int = 12,
+               background: tuple[int, int, int] = (255, 255, 255), align: str = "left") -> np.ndarray:
+    """A label as an RGB strip ``[height, width, 3]`` (text cut to fit; left/center/right)."""
+    img = Image.new("RGB", (max(width, 1), height), background)
+    draw = ImageDraw.Draw(img)
+    font = _font(size)
+    while text and draw.textlength(text, font=font) > width - 4 and len(text) > 1:
+        text = text[:-2] + "…"
+    free = width - 4 - draw.textlength(text, font=font)
+    x = 2 + {"left": 0.0, "center": free / 2, "right": free}[align]
+    draw.text((x, (height - size) // 2 - 1), text, fill=(20, 20, 20), font=font)
+    return np.asarray(img)
+
+
+def legend(labels: Sequence[str], palette: np.ndarray = PALETTE, columns: int = 4,
+           cell: tuple[int, int] = (90, 18)) -> np.ndarray:
+    """Colour swatches with labels, ``columns`` per row: RGB uint8."""
+    rows = -(-len(labels) // columns)
+    out = np.full((rows * cell[1], columns * cell[0], 3), 255, np.uint8)
+    for i, label in enumerate(labels):
+        r, c = divmod(i, columns)
+        y, x = r * cell[1], c * cell[0]
+        out[y + 3:y + cell[1] - 3, x + 2:x + 14] = palette[i % len(palette)]
+        out[y:y + cell[1], x + 16:x + cell[0]] = text_strip(label, cell[0] - 16, cell[1])
+    return out
+
+
+def colorbar(colormap: Colormap | str, vmin: float, vmax: float, length: int,
+             thickness: int = 14, label: str = "") -> np.ndarray:
+    """A horizontal colour bar with ``vmin``, ``label`` and ``vmax`` under it: RGB uint8."""
+    bar = colorize(np.tile(np.linspace(0, 1, length, dtype=np.float32), (thickness, 1)), colormap)
+    third = length // 3
+    under = np.concatenate([text_strip(_fmt(vmin), third),
+                            text_strip(label, length - 2 * third, align="center"),
+                            text_strip(_fmt(vmax), third, align="right")], axis=1)
+    return np.concatenate([bar, under], axis=0)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+
+
+def grid(cells: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] = (),
+         col_labels: Sequence[str] = (), gap: int = 2, label_width: int = 70,
+         footer: np.ndarray | None = None, title: str = "") -> np.ndarray:
+    """Tile RGB images (``cells[row][col]``, all of one size) with labels: RGB uint8.
+
+    ``col_labels`` go above the columns, ``row_labels`` left of the rows; ``footer`` (e.g. a
+    :func:`colorbar`) is added under the grid, left-aligned.
+    """
+    nrows = len(cells)
+    ncols = max(len(r) for r in cells) if nrows else 0
+    if not nrows or not ncols:
+        raise ValueError("grid needs at least one cell")
+    h, w = cells[0][0].shape[:2]
+    left = label_width if row_labels else 0
+    top = 18 if col_labels else 0
+    head = 20 if title else 0
+    height = head + top + nrows * (h + gap) + gap
+    width = left + ncols * (w + gap) + gap
+    out = np.full((height, width, 3), 255, np.uint8)
+    if title:
+        out[:head] = text_strip(title, width, head, size=13)
+    for c, label in enumerate(col_labels[:ncols]):
+        x = left + gap + c * (w + gap)
+        out[head:head + top, x:x + w] = text_strip(label, w, top)
+    for r, row in enumerate(cells):
+        y = head + top + gap + r * (h + gap)
+        if r < len(row_labels):
+            out[y:y + min(h, 18), :left] = text_strip(row_labels[r], left, min(h, 18))
+        for c, cell in enumerate(row):
+            if cell.shape[:2] != (h, w):
+                raise ValueError(f"grid cell {r},{c} is {cell.shape[:2]}, expected {(h, w)}")
+            x = left + gap + c * (w + gap)
+            out[y:y + h, x:x + w] = cell
+    if footer is not None:
+        pad = np.full((footer.shape[0] + gap, width, 3), 255, np.uint8)
+        fw = min(footer.shape[1], width - left - gap)
+        pad[:footer.shape[0], left + gap:left + gap + fw] = footer[:, :fw]
+        out = np.concatenate([out, pad], axis=0)
+    return out
+
+
+def labelled(image: np.ndarray, text: str, height: int = 18) -> np.ndarray:
+    """``image`` with a text strip above it: RGB uint8 ``[H + height, W, 3]``."""
+    return np.concatenate([text_strip(text, image.shape[1], height), image], axis=0)
+
+
+def tile(cells: Sequence[np.ndarray], columns: int = 4, **grid_kwargs) -> np.ndarray:
+    """Lay equal-size images out ``columns`` per row (blank cells fill the last row)."""
+    columns = max(1, min(columns, len(cells)))
+    rows = [list(cells[r:r + columns]) for r in range(0, len(cells), columns)]
+    rows[-1] += [np.full_like(cells[0], 255)] * (columns - len(rows[-1]))
+    return grid(rows, **grid_kwargs)
+
+
+def stack_vertical(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack RGB images top to bottom, left-aligned on white."""
+    width = max(im.shape[1] for im in images)
+    out = np.full((sum(im.shape[0] for im in images), width, 3), 255, np.uint8)
+    y = 0
+    for im in images:
+        out[y:y + im.shape[0], :im.shape[1]] = im
+        y += im.shape[0]
+    return out
+
+
+def fit_size(shape: tuple[int, int], size: int | None) -> tuple[int, int]:
+    """(H, W) scaled so that the longer side is ``size`` (unchanged when ``size`` is falsy)."""
+    h, w = shape
+    if not size:
+        return h, w
+    r = size / max(h, w)
+    return max(1, round(h * r)), max(1, round(w * r))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 image to (H, W) (area when shrinking, linear when enlarging)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    shrink = size[0] < image.shape[0]
+    return cv2.resize(image, (size[1], size[0]),
+                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def encode(image: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
+    """Encode RGB uint8 as PNG, JPEG or WebP bytes (fast PNG compression)."""
+    fmt = fmt.lower().lstrip(".")
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)  # OpenCV boundary
+    if fmt == "png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    elif fmt in ("jpg", "jpeg"):
+        fmt, params = "jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+    else:
+        raise ValueError(f"unknown image format {fmt!r} (png, jpg, webp)")
+    ok, buf = cv2.imencode(f".{fmt}", bgr, params)
+    if not ok:
+        raise RuntimeError(f"encoding {fmt} failed")
+    return buf.tobytes()
