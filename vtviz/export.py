@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.context
 import os
 import re
 import threading
@@ -40,6 +42,7 @@ from .render import Colormap
 MANIFEST = "manifest.jsonl"
 PARTS = ".manifest-parts"
 TMP_SUFFIX = ".vtviz-tmp"
+GRID_CELL = 256  # longer side of a grid cell, px
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,16 @@ def _worker_init() -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """A fork-safe start method: a parent that already ran OpenMP (torch) code can hang a plain
+    ``fork`` child; forkserver children come from a clean process with the decoder preloaded."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["vtviz.image"])
+        return ctx
+    return multiprocessing.get_context("spawn")
 
 
 def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
@@ -221,7 +233,7 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
         for index, path in jobs:
             yield _decode(index, path, pre)
         return
-    with ProcessPoolExecutor(workers, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init) as pool:
         pending: deque[Future] = deque()
         it = iter(jobs)
         for index, path in it:
@@ -289,10 +301,12 @@ def _render_one(item: _Decoded, logits: torch.Tensor, layers: list[tuple[int, La
                 rel = f"{sub}/token{rec['token']:02d}.{opts.fmt}"
                 atomic_write(out_dir / rel, render.encode(img, opts.fmt))
                 rec["file"] = rel
-            cells = [render.labelled(img, f"token {t}") for t, img in zip(tokens, overlays)]
+            cell_size = render.fit_size(overlays.shape[1:3], min(GRID_CELL, max(overlays.shape[1:3])))
+            cells = [render.labelled(render.resize_image(img, cell_size), f"token {t}")
+                     for t, img in zip(tokens, overlays)]
             title = f"{item.path.name} · layer {i} ({layer.kind})"
             grid = render.tile(cells, columns=4, title=title, footer=render.colorbar(
-                opts.colormap, 0, 1, min(300, 4 * base.shape[1]), label="each map: min to max"))
+                opts.colormap, 0, 1, min(300, 4 * cell_size[1]), label="each map: min to max"))
             entry["grid"] = f"{sub}/grid.{opts.fmt}"
             atomic_write(out_dir / entry["grid"], render.encode(grid, opts.fmt))
             weights = layer.assignment[0] if layer.assignment is not None else att

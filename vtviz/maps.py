@@ -185,6 +185,20 @@ def mean_offdiagonal_cosine(attention: Tensor) -> Tensor:
     return off / max(n * (n - 1), 1)
 
 
+def nearest_token_cosine(attention: Tensor) -> Tensor:
+    """Mean over tokens of the cosine to its most similar other token: ``[B, L, h, w]`` -> ``[B]``.
+
+    1 when every token has a duplicate. Differentiable: the training's diversity penalty
+    (it targets duplicates directly, where the mean cosine is diluted by all other pairs).
+    """
+    cos = pairwise_cosine(attention)
+    n = cos.shape[-1]
+    if n < 2:
+        return cos.new_zeros(cos.shape[0])
+    eye = torch.eye(n, dtype=torch.bool, device=cos.device)
+    return cos.masked_fill(eye, -1.0).amax(-1).mean(-1)
+
+
 def peak_positions(attention: Tensor) -> Tensor:
     """(row, col) of each map's maximum: ``[..., h, w]`` -> ``[..., 2]`` (long)."""
     w = attention.shape[-1]
