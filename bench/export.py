@@ -212,7 +212,8 @@ def main() -> None:
         try:
             t_vt, t_vt32, t_cam, n_maps = gradcam_comparison(model, batches[0])
         except ImportError:
-            print("Grad-CAM: pytorch-grad-cam not installed (pip install -r bench/requirements.txt --no-deps)")
+            print("Grad-CAM: pytorch-grad-cam not installed "
+                  "(pip install -r bench/requirements.txt --no-deps)")
         else:
             print(f"per image         : vtviz {n_maps} token maps {t_vt * 1e3:.1f} ms "
                   f"(float32: {t_vt32 * 1e3:.1f} ms); Grad-CAM 1 map {t_cam * 1e3:.1f} ms")

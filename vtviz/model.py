@@ -120,6 +120,8 @@ class FilterTokenizer(nn.Module):
 class RecurrentTokenizer(nn.Module):
     """Recurrent tokenizer (Eq. 2): ``W_R = T_in W_T->R``, ``A = softmax_HW(X W_R^T)``.
 
+    T_in is layer-normalised and centred over the L tokens before ``W_T->R`` (our choice).
+
     Input X ``[B, HW, C]`` and the previous module's tokens ``[B, L, C_T]``;
     output attention ``[B, L, HW]`` and tokens ``T = (A^T X) W_V``, ``[B, L, C_T]``.
     """
@@ -135,7 +137,12 @@ class RecurrentTokenizer(nn.Module):
     def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> TokenizerOutput:
         if tokens_in is None:
             raise ValueError("RecurrentTokenizer needs the previous module's tokens")
-        filters = self.token_to_filter(self.norm(tokens_in))  # W_R, [B, L, C]
+        z = self.norm(tokens_in)
+        # Centre over tokens: what all input tokens share would add the same filter to every
+        # token and pull all maps onto one spot (seen in training: 16 tokens on ~3 peaks).
+        # Centred, the L logits at each pixel sum to 0, so tokens must differ.
+        z = z - z.mean(dim=1, keepdim=True)
+        filters = self.token_to_filter(z)  # W_R, [B, L, C]
         logits = torch.bmm(filters, x.transpose(1, 2)) * self.scale  # [B, L, HW]
         attention = _softmax32(logits, dim=-1)
         pooled = torch.bmm(attention.to(x.dtype), x)

@@ -1,0 +1,169 @@
+"""vtviz in the browser: upload photos and compare what each visual token attends to.
+
+A thin shell over the vtviz API: ``streamlit run app/streamlit_app.py``.
+Models are loaded once per process; inference is cached per (model, image content, fit),
+so changing colours, scale or tokens only re-renders pictures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+import vtviz
+from vtviz import views
+from vtviz.errors import CheckpointError, VTVizError
+from vtviz.maps import Scale
+from vtviz.meta import Fit
+from vtviz.render import Colormap
+from vtviz.session import ModelStore, Upload, content_hash, device_label, explain_upload
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+DEFAULT_MODEL = "vt-r18-imagenette"
+PAGE = 8  # images per page: many uploads never render hundreds of overlays at once
+IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+
+st.set_page_config(page_title="vtviz: visual tokens", layout="wide")
+
+
+@st.cache_resource
+def store() -> ModelStore:
+    return ModelStore()
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def explain_cached(model_key: str, image_hash: str, fit: str, _upload: Upload) -> vtviz.ImageMaps:
+    """Maps of one image; cached by (model, content hash, fit), never by the bytes themselves."""
+    return explain_upload(store().get(model_key), _upload, fit=fit)
+
+
+def samples() -> list[Upload]:
+    return [Upload(p.name, p.read_bytes()) for p in sorted(SAMPLES.glob("*.jpg"))]
+
+
+def run_model(model_key: str, uploads: list[Upload], fit: str) -> tuple[vtviz.ImageMaps | None,
+                                                                        list[str]]:
+    """Explain every image; a bad one becomes an error message and the rest still render."""
+    results, names = [], []
+    for up in uploads:
+        try:
+            results.append(explain_cached(model_key, content_hash(up.data), fit, up))
+            names.append(up.name)
+        except VTVizError as exc:
+            st.error(f"Skipped {exc}")
+    return (views.concat(results) if results else None), names
+
+
+# --------------------------------------------------------------------------- sidebar
+sb = st.sidebar
+sb.title("vtviz")
+sb.caption(f"Device: {device_label()}")
+bundled = store().bundled()
+if "models" not in st.session_state:
+    st.session_state.models = {name: name for name in bundled}  # label -> key
+with sb.expander("Load another checkpoint"):
+    ckpt = st.file_uploader("vtviz checkpoint (.safetensors, .pt)",
+                            type=["safetensors", "pt", "pth"], key="ckpt")
+    if ckpt is not None and ckpt.file_id != st.session_state.get("ckpt_seen"):
+        st.session_state.ckpt_seen = ckpt.file_id
+        try:
+            key = store().add_upload(ckpt.getvalue(), ckpt.name)
+            label = f"uploaded: {views.safe_stem(ckpt.name, len(st.session_state.models))}"
+            st.session_state.models[label] = key
+            st.success(f"Loaded {label}")
+        except CheckpointError as exc:
+            st.error(f"Not a usable vtviz model, kept the previous one. {exc}")
+model_labels = list(st.session_state.models)
+if not model_labels:
+    st.error("No model: put a checkpoint in pretrained/ or upload one in the sidebar.")
+    st.stop()
+default = model_labels.index(DEFAULT_MODEL) if DEFAULT_MODEL in model_labels else 0
+model_label = sb.selectbox("Model", model_labels, index=default)
+model_key = st.session_state.models[model_label]
+model = store().get(model_key)
+meta = vtviz.model_meta(model)
+kinds = list(meta.config.tokenizers)
+layer = sb.radio("Layer", range(len(kinds)), format_func=lambda i: f"layer {i} · {kinds[i]}",
+                 index=0, horizontal=True)
+num_tokens = meta.config.num_tokens
+tokens = sb.multiselect("Tokens", list(range(num_tokens)), default=list(range(num_tokens)))
+tokens = sorted(tokens) or [0]
+kind_names = {views.MapKind.ATTENTION: "tokenizer attention",
+              views.MapKind.MIXED: "token-mixed attention",
+              views.MapKind.ASSIGNMENT: "projector assignment"}
+kind = sb.radio("Map", list(views.MapKind), format_func=lambda k: kind_names[k])
+colormap = sb.selectbox("Colour map", [c.value for c in Colormap], index=0)
+alpha = sb.slider("Opacity", 0.0, 1.0, 0.6, 0.05)
+scale = sb.radio("Colour scale", [Scale.PER_MAP.value, Scale.SHARED.value],
+                 format_func=lambda s: {"per_map": "each map on its own",
+                                        "shared": "shared by all images"}[s])
+fits = [f.value for f in Fit]
+fit = sb.selectbox("Fit images", fits, index=fits.index(meta.preprocess.fit.value),
+                   help="crop: the centre square; letterbox: whole photo; stretch: as Imagenette")
+options = views.RenderOptions(Colormap(colormap), alpha, Scale(scale), cell=200)
+
+# --------------------------------------------------------------------------- images
+st.title("What do the visual tokens see?")
+files = st.file_uploader("Drop images here", type=IMAGE_TYPES, accept_multiple_files=True, key="images")
+uploads = [Upload(f.name, f.getvalue()) for f in files] if files else samples()
+if not files:
+    st.caption("Showing the bundled sample photos (see app/samples/README.md); upload your own above.")
+result, names = run_model(model_key, uploads, fit)
+if result is None:
+    st.warning("No image could be read.")
+    st.stop()
+n_images = len(names)
+page_ids = list(range(n_images))
+if n_images > PAGE:
+    pages = -(-n_images // PAGE)
+    page = st.number_input(f"Page (of {pages}, {PAGE} images each)", 1, pages, 1)
+    page_ids = page_ids[(page - 1) * PAGE: page * PAGE]
+layer_maps = result.maps.layers[layer]
+if kind not in views.available_kinds(layer_maps):
+    st.info("The last layer has no projector (its tokens feed the classifier): showing tokenizer attention.")
+    kind = views.MapKind.ATTENTION
+
+grid_tab, tok_tab, model_tab, detail_tab = st.tabs(
+    ["Token grid", "Filter vs recurrent", "Compare models", "Token details"])
+
+with grid_tab:
+    grid = views.token_grid(result, layer, tokens, kind, options, names=names, images=page_ids)
+    st.image(grid, caption="rows: tokens · columns: images (top prediction above)")
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Grid (PNG)", views.png_bytes(grid), "vtviz-grid.png", "image/png")
+    c2.download_button("Overlays (ZIP)", views.overlays_zip(result, layer, tokens, kind, options, names),
+                       "vtviz-overlays.zip", "application/zip")
+    c3.download_button("Raw maps (NPZ)", views.maps_npz(result), "vtviz-maps.npz",
+                       "application/octet-stream")
+
+with tok_tab:
+    image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key="tok_image")
+    st.image(views.layer_grid(result, image, tokens, kind, options, name=names[image]),
+             caption="one image, token by token: each column is one VT layer's tokenizer")
+
+with model_tab:
+    others = [m for m in model_labels if m != model_label]
+    if not others:
+        st.info("Only one model is loaded: add a checkpoint to compare.")
+    else:
+        other_label = st.selectbox("Compare with", others, key="other_model")
+        other_result, _ = run_model(st.session_state.models[other_label], [uploads[i] for i in page_ids], fit)
+        if other_result is not None:
+            mine = views.select_images(result, page_ids)
+            st.image(views.model_grid([mine, other_result], [model_label, other_label], layer, tokens,
+                                      kind, options, names=[names[i] for i in page_ids]))
+
+with detail_tab:
+    token = st.selectbox("Token", tokens, key="detail_token")
+    big = views.RenderOptions(options.colormap, options.alpha, options.scale, contour=0.5, cell=320)
+    ov, _ = views.overlays(result, layer, [token], kind, big, page_ids)
+    st.image([o[0] for o in ov], caption=[names[i] for i in page_ids], width=320)
+    stats = views.token_statistics(result, layer, token)
+    st.dataframe([{"image": names[s["image"]], **{k: v for k, v in s.items() if k != "image"}}
+                  for s in stats if s["image"] in page_ids])
+    image = st.selectbox("Image for the matrix and the partition", page_ids,
+                         format_func=lambda i: names[i], key="detail_image")
+    c1, c2 = st.columns(2)
+    c1.image(views.mixing_view(result, image, layer), caption="token mixing (transformer attention)")
+    c2.image(views.partition_view(result, image, layer), caption="which token owns each pixel")

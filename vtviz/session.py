@@ -1,0 +1,90 @@
+"""What an interactive front end (the Streamlit app) needs besides views: a thread-safe model
+store, uploaded checkpoints kept safely on disk, and per-image inference keyed by content."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import list_pretrained, load_model, model_meta
+from .explain import ImageMaps, explain_images
+from .image import MAX_PIXELS, load_image
+from .meta import Fit
+
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "vtviz-uploads"
+
+
+def device_label(device: str | torch.device = "auto") -> str:
+    """``"GPU: <name>"`` or ``"CPU"`` for the device models load on."""
+    if str(device) in ("auto", "cuda") and torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return "CPU"
+
+
+class ModelStore:
+    """Loads each model once per process; safe to share between concurrent sessions."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        self._models: dict[str, nn.Module] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> nn.Module:
+        """A bundled name or a checkpoint path -> the loaded model (cached)."""
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_model(key, device=self.device)
+            return self._models[key]
+
+    @staticmethod
+    def bundled() -> list[str]:
+        """Names of the bundled models."""
+        return list_pretrained()
+
+    def add_upload(self, data: bytes, filename: str) -> str:
+        """Store uploaded checkpoint bytes under a hash name (never the user's file name),
+        load it, and return its key. Raises :class:`~vtviz.errors.CheckpointError` if invalid."""
+        suffix = ".pt" if filename.lower().endswith((".pt", ".pth")) else ".safetensors"
+        UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+        path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        try:
+            self.get(str(path))
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
+        return str(path)
+
+
+def content_hash(data: bytes) -> str:
+    """SHA-256 hex digest of some bytes (cache key of an uploaded image)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image: its (untrusted) file name and bytes."""
+
+    name: str
+    data: bytes
+
+
+def explain_upload(model: nn.Module, upload: Upload, fit: Fit | str | None = None,
+                   max_pixels: int = MAX_PIXELS) -> ImageMaps:
+    """Decode one uploaded image (errors name the file) and explain it."""
+    image = load_image(upload.data, name=upload.name, max_pixels=max_pixels)
+    return explain_images(model, [image], fit=fit)
+
+
+def layer_choices(model: nn.Module) -> list[str]:
+    """Labels of a model's VT layers, e.g. ``["layer 0 · filter", "layer 1 · recurrent"]``."""
+    return [f"layer {i} · {k}" for i, k in enumerate(model_meta(model).config.tokenizers)]

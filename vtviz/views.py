@@ -1,0 +1,295 @@
+"""Comparison views shared by the app, the exporter and notebooks: pictures from maps.
+
+Each function takes :class:`~vtviz.explain.ImageMaps` (what a model returned for some images)
+and render options, and returns an RGB uint8 picture; :func:`figure` wraps one in matplotlib.
+No model is run here: changing colours or tokens only re-renders.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import re
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import render
+from .explain import ImageMaps
+from .image import maps_to_original
+from .maps import LayerMaps, Scale
+from .render import Colormap
+
+
+class MapKind(str, enum.Enum):
+    """Which map of a layer to draw.
+
+    ATTENTION: the tokenizer's spatial attention (what each token pools).
+    MIXED: ``token_mixing @ attention``, what each token pools after the transformer
+    (the paper's Figure 6, second row). ASSIGNMENT: the projector's weight of each pixel
+    on the token (not for a last layer, which has no projector).
+    """
+
+    ATTENTION = "attention"
+    MIXED = "mixed"
+    ASSIGNMENT = "assignment"
+
+
+def select_maps(layer: LayerMaps, kind: MapKind | str) -> Tensor:
+    """``[B, L, h, w]`` maps of ``kind`` for a layer; ValueError when it has none."""
+    kind = MapKind(kind)
+    if kind is MapKind.ATTENTION:
+        return layer.attention
+    if kind is MapKind.MIXED:
+        return layer.mixed_attention
+    if layer.assignment is None:
+        raise ValueError("this layer has no projector (the last VT module feeds the classifier)")
+    return layer.assignment
+
+
+def available_kinds(layer: LayerMaps) -> list[MapKind]:
+    """The map kinds a layer has."""
+    return [k for k in MapKind if k is not MapKind.ASSIGNMENT or layer.assignment is not None]
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How maps are drawn: colour map, opacity, scale (per map or shared), contour, cell size."""
+
+    colormap: Colormap = Colormap.TURBO
+    alpha: float = 0.6
+    scale: Scale = Scale.PER_MAP
+    contour: float | None = None
+    cell: int = 224
+
+
+def layer_label(index: int, layer: LayerMaps) -> str:
+    """E.g. ``"layer 1 · recurrent"``."""
+    return f"layer {index} · {layer.kind}"
+
+
+def _letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    h, w = render.fit_size(img.shape[:2], size)
+    out = np.full((size, size, 3), 255, np.uint8)
+    y0, x0 = (size - h) // 2, (size - w) // 2
+    out[y0:y0 + h, x0:x0 + w] = render.resize_image(img, (h, w))
+    return out, (y0, x0, h, w)
+
+
+def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
+             kind: MapKind | str = MapKind.ATTENTION, options: RenderOptions = RenderOptions(),
+             images: Sequence[int] | None = None, cell: int | None = None) -> tuple[np.ndarray, float | None]:
+    """Overlays ``[N_images, T, S, S, 3]`` (each image letterboxed into an S-px square cell).
+
+    With ``Scale.SHARED`` every map uses one range 0..max over all images and tokens shown
+    (returned as the second value; None for per-map scaling).
+    """
+    cell = cell or options.cell
+    idx = list(range(len(result.images))) if images is None else list(images)
+    maps = select_maps(result.maps.layers[layer], kind)[idx][:, list(tokens)]  # [N, T, h, w]
+    vmax = float(maps.max()) if Scale(options.scale) in (Scale.SHARED, Scale.ABSOLUTE) else None
+    out = np.full((len(idx), len(tokens), cell, cell, 3), 255, np.uint8)
+    for n, i in enumerate(idx):
+        base, (y0, x0, h, w) = _letterbox(result.images[i], cell)
+        full, mask = maps_to_original(maps[n], result.geometries[i], (h, w))
+        drawn = render.overlay(base[y0:y0 + h, x0:x0 + w], full.numpy(), options.colormap,
+                               options.alpha, vmin=0.0 if vmax is not None else None, vmax=vmax,
+                               mask=mask.numpy(), contour=options.contour)
+        out[n, :, y0:y0 + h, x0:x0 + w] = drawn
+    return out, vmax
+
+
+def _scale_footer(options: RenderOptions, vmax: float | None, length: int,
+                  kind: MapKind | str) -> np.ndarray:
+    if vmax is None:
+        label = f"{MapKind(kind).value}: each map min to max"
+        return render.colorbar(options.colormap, 0, 1, length, label=label)
+    return render.colorbar(options.colormap, 0.0, vmax, length, label=f"{MapKind(kind).value} (shared scale)")
+
+
+def _image_label(result: ImageMaps, i: int, names: Sequence[str] | None) -> str:
+    name = names[i] if names and i < len(names) else f"image {i}"
+    cls, p = result.top_k(1)[i][0]
+    return f"{name}: {cls} {p:.0%}"
+
+
+def token_grid(result: ImageMaps, layer: int, tokens: Sequence[int],
+               kind: MapKind | str = MapKind.ATTENTION, options: RenderOptions = RenderOptions(),
+               names: Sequence[str] | None = None, images: Sequence[int] | None = None) -> np.ndarray:
+    """Rows = tokens, columns = images; each column titled with the image's top prediction."""
+    idx = list(range(len(result.images))) if images is None else list(images)
+    ov, vmax = overlays(result, layer, tokens, kind, options, idx)
+    cells = [[ov[n, t] for n in range(len(idx))] for t in range(len(tokens))]
+    col_labels = [_image_label(result, i, names) for i in idx]
+    title = f"{layer_label(layer, result.maps.layers[layer])} · {MapKind(kind).value}"
+    footer = _scale_footer(options, vmax, min(360, options.cell * len(idx)), kind)
+    return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=col_labels,
+                       title=title, footer=footer)
+
+
+def layer_grid(result: ImageMaps, image: int, tokens: Sequence[int],
+               kind: MapKind | str = MapKind.ATTENTION, options: RenderOptions = RenderOptions(),
+               layers: Sequence[int] | None = None, name: str = "") -> np.ndarray:
+    """One image: rows = tokens, columns = layers (e.g. filter vs recurrent tokenizer)."""
+    layers = list(range(len(result.maps.layers))) if layers is None else list(layers)
+    per_layer, vmaxes = [], []
+    for la in layers:
+        k = kind if MapKind(kind) in available_kinds(result.maps.layers[la]) else MapKind.ATTENTION
+        ov, vmax = overlays(result, la, tokens, k, options, [image])
+        per_layer.append(ov[0])
+        vmaxes.append(vmax)
+    cells = [[per_layer[c][t] for c in range(len(layers))] for t in range(len(tokens))]
+    labels = [layer_label(la, result.maps.layers[la]) for la in layers]
+    vmax = max(vmaxes) if all(v is not None for v in vmaxes) else None
+    footer = _scale_footer(options, vmax, min(360, options.cell * len(layers)), kind)
+    return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
+                       title=name or _image_label(result, image, None), footer=footer)
+
+
+def model_grid(results: Sequence[ImageMaps], model_names: Sequence[str], layer: int,
+               tokens: Sequence[int], kind: MapKind | str = MapKind.ATTENTION,
+               options: RenderOptions = RenderOptions(), names: Sequence[str] | None = None) -> np.ndarray:
+    """The same images under several models: rows = tokens, columns = (image, model) pairs."""
+    columns, labels, vmaxes = [], [], []
+    n_images = len(results[0].images)
+    for i in range(n_images):
+        for res, mname in zip(results, model_names):
+            la = min(layer, len(res.maps.layers) - 1)
+            k = kind if MapKind(kind) in available_kinds(res.maps.layers[la]) else MapKind.ATTENTION
+            ov, vmax = overlays(res, la, tokens, k, options, [i])
+            columns.append(ov[0])
+            vmaxes.append(vmax)
+            cls, p = res.top_k(1)[i][0]
+            image_name = names[i] if names and i < len(names) else f"image {i}"
+            labels.append(f"{image_name} · {mname} ({res.maps.layers[la].kind}): {cls} {p:.0%}")
+    cells = [[col[t] for col in columns] for t in range(len(tokens))]
+    # a shared scale is shared within each (image, model) column: models' maps differ in range
+    footer = _scale_footer(options, None, min(360, options.cell * len(columns)), kind)
+    return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
+                       title=f"layer {layer} · {MapKind(kind).value}", footer=footer)
+
+
+def partition_view(result: ImageMaps, image: int, layer: int, size: int = 448) -> np.ndarray:
+    """Each pixel coloured by its owning token (projector assignment, else attention), with legend."""
+    la = result.maps.layers[layer]
+    weights = (la.assignment if la.assignment is not None else la.attention)[image]
+    base = result.images[image]
+    h, w = render.fit_size(base.shape[:2], size)
+    full, mask = maps_to_original(weights, result.geometries[image], (h, w))
+    part = render.partition(render.resize_image(base, (h, w)), full.numpy(), mask=mask.numpy())
+    by = "projector assignment" if la.assignment is not None else "tokenizer attention (argmax)"
+    title = render.text_strip(f"{layer_label(layer, la)} · owner of each pixel by {by}", w)
+    leg = render.legend([f"token {t}" for t in range(weights.shape[0])], columns=max(1, min(8, w // 90)))
+    return render.stack_vertical([title, part, leg])
+
+
+def mixing_view(result: ImageMaps, image: int, layer: int, cell: int = 18,
+                colormap: Colormap | str = Colormap.VIRIDIS) -> np.ndarray:
+    """The L x L token-mixing matrix (row i: how token i reads the others) as a labelled picture."""
+    m = result.maps.layers[layer].token_mixing[image].numpy()
+    n = m.shape[0]
+    img = render.colorize(render.scale_map(m, 0.0, float(m.max())), colormap)
+    big = np.kron(img, np.ones((cell, cell, 1), np.uint8)).astype(np.uint8)
+    cells = [[big]]
+    footer = render.colorbar(colormap, 0.0, float(m.max()), n * cell, label="weight")
+    return render.grid(cells, col_labels=[f"token mixing, layer {layer}: rows read columns"],
+                       footer=footer)
+
+
+def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str, float | int]]:
+    """Per image: normalised entropy, peak cell, share in top 10% of pixels, for one token."""
+    from .maps import normalized_entropy, peak_positions, top_share
+
+    a = result.maps.layers[layer].attention[:, token]  # [B, h, w]
+    ent, peaks, top = normalized_entropy(a), peak_positions(a), top_share(a)
+    return [{"image": i, "entropy": round(float(ent[i]), 3), "peak_row": int(peaks[i, 0]),
+             "peak_col": int(peaks[i, 1]), "top10_share": round(float(top[i]), 3)}
+            for i in range(a.shape[0])]
+
+
+# --------------------------------------------------------------------------- downloads
+def safe_stem(name: str, index: int) -> str:
+    """A ZIP/file-system-safe name for an uploaded file: no folders, dots or odd characters."""
+    stem = re.sub(r"[^\w.-]+", "_", name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1], flags=re.UNICODE)
+    stem = stem.rsplit(".", 1)[0].strip("._-")[:60] or "image"
+    return f"{index:02d}-{stem}"
+
+
+def overlays_zip(result: ImageMaps, layer: int, tokens: Sequence[int], kind: MapKind | str,
+                 options: RenderOptions, names: Sequence[str]) -> bytes:
+    """ZIP of the overlays shown, named like the exporter's: ``NAME/layerI-KIND/tokenTT.png``."""
+    la = result.maps.layers[layer]
+    ov, _ = overlays(result, layer, tokens, kind, options)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for n in range(ov.shape[0]):
+            folder = safe_stem(names[n] if n < len(names) else "image", n)
+            for j, t in enumerate(tokens):
+                zf.writestr(f"{folder}/layer{layer}-{la.kind}/{MapKind(kind).value}-token{t:02d}.png",
+                            render.encode(ov[n, j], "png"))
+    return buf.getvalue()
+
+
+def maps_npz(result: ImageMaps) -> bytes:
+    """Raw float maps and logits of all images as ``.npz`` bytes (keys like the exporter's)."""
+    arrays: dict[str, np.ndarray] = {"logits": result.maps.logits.numpy()}
+    for i, la in enumerate(result.maps.layers):
+        arrays[f"layer{i}_attention"] = la.attention.numpy()
+        arrays[f"layer{i}_token_mixing"] = la.token_mixing.numpy()
+        if la.assignment is not None:
+            arrays[f"layer{i}_assignment"] = la.assignment.numpy()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 picture."""
+    return render.encode(image, "png")
+
+
+def figure(image: np.ndarray, title: str = "", width: float | None = None):
+    """A matplotlib Figure showing an RGB picture at its own aspect (for notebooks)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    h, w = image.shape[:2]
+    width = width or min(16.0, w / 100)
+    fig: Figure = plt.figure(figsize=(width, width * h / w + (0.3 if title else 0)))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    plt.close(fig)  # the caller shows it; the library never calls plt.show()
+    return fig
+
+
+def select_images(result: ImageMaps, index: Sequence[int]) -> ImageMaps:
+    """The given images of a result, in that order."""
+    idx = list(index)
+    return ImageMaps([result.images[i] for i in idx], [result.geometries[i] for i in idx],
+                     result.maps.select(idx), result.classes)
+
+
+def concat(results: Sequence[ImageMaps]) -> ImageMaps:
+    """Join results of separate runs of the same model into one (images in order)."""
+    from .maps import TokenMaps
+
+    first = results[0].maps
+    layers = tuple(
+        LayerMaps(first.layers[i].kind,
+                  torch.cat([r.maps.layers[i].attention for r in results]),
+                  torch.cat([r.maps.layers[i].token_mixing for r in results]),
+                  None if first.layers[i].assignment is None
+                  else torch.cat([r.maps.layers[i].assignment for r in results]),
+                  torch.cat([r.maps.layers[i].tokens for r in results]))
+        for i in range(len(first.layers))
+    )
+    maps = TokenMaps(torch.cat([r.maps.logits for r in results]), layers, first.input_size)
+    return ImageMaps([im for r in results for im in r.images],
+                     [g for r in results for g in r.geometries], maps, results[0].classes)
