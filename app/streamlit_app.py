@@ -7,12 +7,13 @@ so changing colours, scale or tokens only re-renders pictures.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
 
 import vtviz
-from vtviz import views
+from vtviz import render, views
 from vtviz.errors import CheckpointError, VTVizError
 from vtviz.maps import Scale
 from vtviz.meta import Fit
@@ -25,6 +26,7 @@ PAGE = 8  # images per page: many uploads never render hundreds of overlays at o
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 
 st.set_page_config(page_title="vtviz: visual tokens", layout="wide")
+_started = time.perf_counter()
 
 
 @st.cache_resource
@@ -65,10 +67,11 @@ if "models" not in st.session_state:
 with sb.expander("Load another checkpoint"):
     ckpt = st.file_uploader("vtviz checkpoint (.safetensors, .pt)",
                             type=["safetensors", "pt", "pth"], key="ckpt")
-    if ckpt is not None and ckpt.file_id != st.session_state.get("ckpt_seen"):
-        st.session_state.ckpt_seen = ckpt.file_id
+    data = ckpt.getvalue() if ckpt is not None else b""
+    if ckpt is not None and content_hash(data) != st.session_state.get("ckpt_seen"):
+        st.session_state.ckpt_seen = content_hash(data)
         try:
-            key = store().add_upload(ckpt.getvalue(), ckpt.name)
+            key = store().add_upload(data, ckpt.name)
             label = f"uploaded: {views.safe_stem(ckpt.name, len(st.session_state.models))}"
             st.session_state.models[label] = key
             st.success(f"Loaded {label}")
@@ -124,25 +127,27 @@ if kind not in views.available_kinds(layer_maps):
     st.info("The last layer has no projector (its tokens feed the classifier): showing tokenizer attention.")
     kind = views.MapKind.ATTENTION
 
-grid_tab, tok_tab, model_tab, detail_tab = st.tabs(
-    ["Token grid", "Filter vs recurrent", "Compare models", "Token details"])
+VIEWS = ["Token grid", "Filter vs recurrent", "Compare models", "Token details"]
+view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered
 
-with grid_tab:
+if view == VIEWS[0]:
     grid = views.token_grid(result, layer, tokens, kind, options, names=names, images=page_ids)
-    st.image(grid, caption="rows: tokens · columns: images (top prediction above)")
-    c1, c2, c3 = st.columns(3)
-    c1.download_button("Grid (PNG)", views.png_bytes(grid), "vtviz-grid.png", "image/png")
-    c2.download_button("Overlays (ZIP)", views.overlays_zip(result, layer, tokens, kind, options, names),
+    st.image(render.encode(grid, "jpg", quality=92),  # fast to encode and send; PNG on download
+             caption="rows: tokens · columns: images (top prediction above)")
+    c1, c2, c3 = st.columns(3)  # files are made when clicked, not on every rerun
+    c1.download_button("Grid (PNG)", lambda: views.png_bytes(grid), "vtviz-grid.png", "image/png")
+    c2.download_button("Overlays (ZIP)",
+                       lambda: views.overlays_zip(result, layer, tokens, kind, options, names),
                        "vtviz-overlays.zip", "application/zip")
-    c3.download_button("Raw maps (NPZ)", views.maps_npz(result), "vtviz-maps.npz",
+    c3.download_button("Raw maps (NPZ)", lambda: views.maps_npz(result), "vtviz-maps.npz",
                        "application/octet-stream")
 
-with tok_tab:
+elif view == VIEWS[1]:
     image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key="tok_image")
     st.image(views.layer_grid(result, image, tokens, kind, options, name=names[image]),
              caption="one image, token by token: each column is one VT layer's tokenizer")
 
-with model_tab:
+elif view == VIEWS[2]:
     others = [m for m in model_labels if m != model_label]
     if not others:
         st.info("Only one model is loaded: add a checkpoint to compare.")
@@ -154,7 +159,7 @@ with model_tab:
             st.image(views.model_grid([mine, other_result], [model_label, other_label], layer, tokens,
                                       kind, options, names=[names[i] for i in page_ids]))
 
-with detail_tab:
+else:
     token = st.selectbox("Token", tokens, key="detail_token")
     big = views.RenderOptions(options.colormap, options.alpha, options.scale, contour=0.5, cell=320)
     ov, _ = views.overlays(result, layer, [token], kind, big, page_ids)
@@ -167,3 +172,6 @@ with detail_tab:
     c1, c2 = st.columns(2)
     c1.image(views.mixing_view(result, image, layer), caption="token mixing (transformer attention)")
     c2.image(views.partition_view(result, image, layer), caption="which token owns each pixel")
+
+# How long this run took (read by the tests to compare a first render with a re-render).
+st.session_state["render_seconds"] = time.perf_counter() - _started

@@ -48,3 +48,25 @@ def rgb() -> np.ndarray:
     img = np.stack([x * 3, y * 5, (x + y) * 2], -1).astype(np.uint8)
     img[10:20, 30:40] = (255, 0, 0)
     return img
+
+
+@pytest.fixture(scope="session")
+def app_models(tmp_path_factory):
+    """The bundled models when present; otherwise random stand-ins under the same names."""
+    from vtviz import checkpoint
+
+    names = {"vt-r18-imagenette": ("filter", "recurrent"), "vt-r18-filter-imagenette": ("filter", "filter")}
+    if all(n in vtviz.list_pretrained() for n in names):
+        yield checkpoint.PRETRAINED_DIR
+        return
+    folder = tmp_path_factory.mktemp("pretrained")
+    for name, kinds in names.items():
+        torch.manual_seed(1)
+        model = vtviz.vt_resnet18(num_classes=10, tokenizers=kinds)
+        meta = ModelMeta(config=model.config, classes=tuple(f"class{i}" for i in range(10)),
+                         preprocess=Preprocess(size=224), name=name)
+        vtviz.save_model(model, folder / name, meta)
+    old = checkpoint.PRETRAINED_DIR
+    checkpoint.PRETRAINED_DIR = folder
+    yield folder
+    checkpoint.PRETRAINED_DIR = old

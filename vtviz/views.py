@@ -72,10 +72,18 @@ def layer_label(index: int, layer: LayerMaps) -> str:
     return f"layer {index} · {layer.kind}"
 
 
-def _letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    h, w = render.fit_size(img.shape[:2], size)
-    out = np.full((size, size, 3), 255, np.uint8)
-    y0, x0 = (size - h) // 2, (size - w) // 2
+def cell_shape(images: Sequence[np.ndarray], width: int) -> tuple[int, int]:
+    """(H, W) of grid cells ``width`` px wide with the images' median aspect (0.5..1.5)."""
+    aspect = float(np.median([im.shape[0] / im.shape[1] for im in images])) if images else 1.0
+    return max(16, round(width * min(1.5, max(0.5, aspect)))), width
+
+
+def _letterbox(img: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    ch, cw = shape
+    r = min(ch / img.shape[0], cw / img.shape[1])
+    h, w = max(1, round(img.shape[0] * r)), max(1, round(img.shape[1] * r))
+    out = np.full((ch, cw, 3), 255, np.uint8)
+    y0, x0 = (ch - h) // 2, (cw - w) // 2
     out[y0:y0 + h, x0:x0 + w] = render.resize_image(img, (h, w))
     return out, (y0, x0, h, w)
 
@@ -83,7 +91,8 @@ def _letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, 
 def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
              kind: MapKind | str = MapKind.ATTENTION, options: RenderOptions = RenderOptions(),
              images: Sequence[int] | None = None, cell: int | None = None) -> tuple[np.ndarray, float | None]:
-    """Overlays ``[N_images, T, S, S, 3]`` (each image letterboxed into an S-px square cell).
+    """Overlays ``[N_images, T, H, W, 3]``: each image fitted into a cell ``cell`` px wide
+    whose height follows the images' median aspect (see :func:`cell_shape`).
 
     With ``Scale.SHARED`` every map uses one range 0..max over all images and tokens shown
     (returned as the second value; None for per-map scaling).
@@ -92,9 +101,10 @@ def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
     idx = list(range(len(result.images))) if images is None else list(images)
     maps = select_maps(result.maps.layers[layer], kind)[idx][:, list(tokens)]  # [N, T, h, w]
     vmax = float(maps.max()) if Scale(options.scale) in (Scale.SHARED, Scale.ABSOLUTE) else None
-    out = np.full((len(idx), len(tokens), cell, cell, 3), 255, np.uint8)
+    shape = cell_shape([result.images[i] for i in idx], cell)
+    out = np.full((len(idx), len(tokens), *shape, 3), 255, np.uint8)
     for n, i in enumerate(idx):
-        base, (y0, x0, h, w) = _letterbox(result.images[i], cell)
+        base, (y0, x0, h, w) = _letterbox(result.images[i], shape)
         full, mask = maps_to_original(maps[n], result.geometries[i], (h, w))
         drawn = render.overlay(base[y0:y0 + h, x0:x0 + w], full.numpy(), options.colormap,
                                options.alpha, vmin=0.0 if vmax is not None else None, vmax=vmax,

@@ -1,0 +1,141 @@
+"""The Streamlit app through streamlit.testing (AppTest): views, uploads, errors, caching."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vtviz
+from vtviz import session
+
+APP = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
+
+
+@pytest.fixture
+def app(app_models, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    calls = {"n": 0}
+    real = session.explain_upload
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "explain_upload", counting)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.calls = calls  # type: ignore[attr-defined]
+    return at
+
+
+def _png(seed: int, size=(120, 90)) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    img[20:60, 30:80] = (255, 200, 0)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _grid_url(at) -> str:
+    return at.image[0].value[0]
+
+
+def _by_label(widgets, label: str):
+    return next(w for w in widgets if w.label == label)
+
+
+def test_default_start_shows_samples(app):
+    app.run()
+    assert not app.exception, app.exception
+    assert not app.error
+    assert app.image[0].captions[0].startswith("rows: tokens")
+    assert app.calls["n"] == 4  # the four sample photos; other views run only when shown
+    model_box = _by_label(app.sidebar.selectbox, "Model")
+    assert model_box.value == "vt-r18-imagenette"
+    assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(0))
+
+
+def test_colormap_change_does_not_rerun_model(app, capsys):
+    app.run()
+    first = app.session_state["render_seconds"]
+    calls, url = app.calls["n"], _grid_url(app)
+    _by_label(app.sidebar.selectbox, "Colour map").set_value("viridis")
+    app.run()
+    again = app.session_state["render_seconds"]
+    assert app.calls["n"] == calls
+    assert _grid_url(app) != url
+    with capsys.disabled():
+        print(f"\n[app timing] first full render (4 photos): {first:.2f} s; after a colour-map change: "
+              f"{again:.2f} s; ratio {again / first:.2f} (target <= 0.3)")
+
+
+def test_upload_switch_layer_tokens_kind_model(app):
+    app.run()
+    uploader = app.file_uploader[0] if app.file_uploader[0].label.startswith("Drop") else app.file_uploader[1]
+    uploader.set_value([("a.png", _png(1), "image/png"), ("b.png", _png(2), "image/png")])
+    app.run()
+    assert not app.exception and not app.error
+    assert app.calls["n"] == 4 + 2
+    urls = {_grid_url(app)}
+    _by_label(app.sidebar.radio, "Layer").set_value(1)
+    app.run()
+    urls.add(_grid_url(app))
+    _by_label(app.sidebar.multiselect, "Tokens").set_value([0, 3])
+    app.run()
+    urls.add(_grid_url(app))
+    _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.MIXED)
+    app.run()
+    urls.add(_grid_url(app))
+    assert len(urls) == 4 and app.calls["n"] == 6  # re-rendered, never re-run
+    _by_label(app.sidebar.radio, "Layer").set_value(0)
+    _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.ASSIGNMENT)
+    app.run()
+    assert not app.exception
+    _by_label(app.sidebar.selectbox, "Model").set_value("vt-r18-filter-imagenette")
+    app.run()
+    assert not app.exception and app.calls["n"] == 8
+    assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(1))
+    for view in ["Filter vs recurrent", "Compare models", "Token details"]:
+        _by_label(app.radio, "View").set_value(view)
+        app.run()
+        assert not app.exception and not app.error, view
+        assert len(app.image) >= 1
+    assert len(app.image) == 3  # details: one overlay per image, mixing matrix, partition
+    assert app.calls["n"] == 8  # the comparison reused the first model's cached maps
+
+
+def test_bad_upload_named_others_render(app):
+    app.run()
+    uploader = [u for u in app.file_uploader if u.label.startswith("Drop")][0]
+    uploader.set_value([("good.png", _png(3), "image/png"), ("broken.png", b"\x89PNG garbage", "image/png")])
+    app.run()
+    assert not app.exception
+    assert any("broken.png" in e.value for e in app.error)
+    assert app.image[0].captions[0].startswith("rows: tokens")
+
+
+def test_bad_checkpoint_keeps_previous_model(app, tmp_path, small_model):
+    import pickle
+
+    app.run()
+    ckpt = [u for u in app.file_uploader if u.label.startswith("vtviz checkpoint")][0]
+    ckpt.set_value(("evil.pt", pickle.dumps({"a": 1}) + b"junk", "application/octet-stream"))
+    app.run()
+    assert not app.exception
+    assert any("Not a usable vtviz model" in e.value for e in app.error)
+    assert _by_label(app.sidebar.selectbox, "Model").value == "vt-r18-imagenette"
+    assert app.image[0].captions[0].startswith("rows: tokens")
+    good = tmp_path / "mine.safetensors"
+    vtviz.save_model(small_model, good, vtviz.model_meta(small_model))
+    ckpt = [u for u in app.file_uploader if u.label.startswith("vtviz checkpoint")][0]
+    ckpt.set_value(("../../mine model.safetensors", good.read_bytes(), "application/octet-stream"))
+    app.run()
+    labels = _by_label(app.sidebar.selectbox, "Model").options
+    assert any(label.startswith("uploaded:") and "/" not in label.split(":", 1)[1] for label in labels)
