@@ -9,10 +9,13 @@ Notation: X is a feature map flattened to ``[B, HW, C]``, T are visual tokens
 
 Choices the paper leaves open (each is also noted at the code that makes it):
 
-* **Logit scaling.** The filter tokenizer's logits ``X W_A`` are *not* scaled: a
-  1/sqrt(C) factor made its maps uniform in our trials (plain average pooling).
-  The recurrent tokenizer, the token transformer and the projector scale their
-  dot products by 1/sqrt(d), as in every transformer; unscaled they diverged.
+* **Logit scaling.** The tokenizers' logits (``X W_A``, ``X W_R^T``) are *not* scaled:
+  a 1/sqrt(C) factor made their maps uniform in our trials (plain average pooling).
+  The token transformer and the projector scale their dot products by 1/sqrt(d), as in
+  every transformer; unscaled they diverged.
+* **Recurrent tokens are centred.** ``T_in`` is layer-normalised and centred over the L
+  tokens before ``W_T->R``: the component all tokens share would otherwise add the same
+  filter to every token, and all 16 recurrent maps piled onto ~3-5 peaks.
 * **Normalisation.** Pre-LayerNorm on tokens before each token-space matmul
   (recurrent tokenizer input, transformer attention and feed-forward, projector
   keys). The literal equations (no normalisation) diverged to NaN.
@@ -132,7 +135,8 @@ class RecurrentTokenizer(nn.Module):
         self.norm = nn.LayerNorm(token_channels)  # keeps W_R's scale steady across training
         self.token_to_filter = nn.Linear(token_channels, channels, bias=False)  # W_T->R
         self.value = nn.Linear(channels, token_channels, bias=False)  # W_V
-        self.scale = channels**-0.5  # dot product of two C-vectors: the usual 1/sqrt(d)
+        # Unscaled, like the filter tokenizer: with 1/sqrt(C) (and centred tokens, below) the
+        # recurrent maps stayed almost uniform in training (normalised entropy 0.97).
 
     def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> TokenizerOutput:
         if tokens_in is None:
@@ -143,7 +147,7 @@ class RecurrentTokenizer(nn.Module):
         # Centred, the L logits at each pixel sum to 0, so tokens must differ.
         z = z - z.mean(dim=1, keepdim=True)
         filters = self.token_to_filter(z)  # W_R, [B, L, C]
-        logits = torch.bmm(filters, x.transpose(1, 2)) * self.scale  # [B, L, HW]
+        logits = torch.bmm(filters, x.transpose(1, 2))  # [B, L, HW]
         attention = _softmax32(logits, dim=-1)
         pooled = torch.bmm(attention.to(x.dtype), x)
         return TokenizerOutput(attention, self.value(pooled))
@@ -223,16 +227,18 @@ class VTModule(nn.Module):
         self.tokenizer = tokenizer_cls(channels, token_channels, num_tokens)
         self.transformer = TokenTransformer(token_channels)
         self.projector = Projector(channels, token_channels) if project else None
+        # The module's output tokens pass through here: a named place for attribution methods
+        # (Captum's layer methods) and token deletion to reach them. It computes nothing.
+        self.token_probe = nn.Identity()
 
     def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> VTLayerOutput:
         tok = self.tokenizer(x, tokens_in)
         mixed = self.transformer(tok.tokens)
+        tokens = self.token_probe(mixed.tokens)
         if self.projector is None:
-            return VTLayerOutput(tok.attention, mixed.mixing, None, mixed.tokens, None)
-        proj = self.projector(x, mixed.tokens)
-        return VTLayerOutput(
-            tok.attention, mixed.mixing, proj.assignment, mixed.tokens, proj.features
-        )
+            return VTLayerOutput(tok.attention, mixed.mixing, None, tokens, None)
+        proj = self.projector(x, tokens)
+        return VTLayerOutput(tok.attention, mixed.mixing, proj.assignment, tokens, proj.features)
 
 
 # --------------------------------------------------------------------------- ResNet parts

@@ -1,0 +1,527 @@
+"""Token semantics for notebooks: figures, token galleries over datasets, token statistics,
+class profiles, and Captum attributions of predictions to tokens.
+
+Functions return data or matplotlib Figures; nothing here calls ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import html
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import render, views
+from .checkpoint import model_meta
+from .explain import ImageMaps, explain_images, model_device, preprocess_for, token_maps
+from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
+from .maps import TokenMaps, normalized_entropy, peak_positions, top_share
+from .model import VTResNet
+from .render import Colormap
+from .views import MapKind, RenderOptions
+
+
+# --------------------------------------------------------------------------- figures
+def show_tokens(model: nn.Module, images: Sequence[ImageSource], layer: int = 0,
+                tokens: Sequence[int] | None = None, kind: MapKind | str = MapKind.ATTENTION,
+                names: Sequence[str] | None = None, **render_options) -> Figure:  # noqa: F821
+    """The token x image grid (rows = tokens, columns = images) as a matplotlib Figure.
+
+    ``render_options`` are :class:`~vtviz.views.RenderOptions` fields (colormap, alpha,
+    scale, contour, cell) and ``fit`` (crop / letterbox / stretch).
+    """
+    fit = render_options.pop("fit", None)
+    result = explain_images(model, images, fit=fit)
+    tokens = list(range(result.maps.layers[layer].num_tokens)) if tokens is None else list(tokens)
+    if names is None:
+        names = [Path(i).name if isinstance(i, (str, Path)) else f"image {n}" for n, i in enumerate(images)]
+    options = RenderOptions(**{"cell": 160, **render_options})
+    return views.figure(views.token_grid(result, layer, tokens, kind, options, names=names))
+
+
+# --------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class TokenStat:
+    """Statistics of one token's map in one image and layer.
+
+    entropy: normalised entropy (1 = uniform, 0 = one pixel); peak: (row, col) map cell;
+    spread: root-mean-square distance of the attention from its centre of mass, in cells;
+    top10: share of attention in the top 10% of pixels; overlap: mean IoU of this token's
+    50%-mass region with the other tokens' regions.
+    """
+
+    image: int
+    layer: int
+    kind: str
+    token: int
+    entropy: float
+    peak: tuple[int, int]
+    spread: float
+    top10: float
+    overlap: float
+
+
+def spread(maps: Tensor) -> Tensor:
+    """RMS distance (in cells) of each map's mass from its centre of mass: ``[..., h, w]`` -> ``[...]``."""
+    p = maps.float()
+    p = p / p.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    h, w = p.shape[-2:]
+    ys = torch.arange(h, dtype=torch.float32).view(h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, w)
+    cy = (p * ys).sum(dim=(-2, -1), keepdim=True)
+    cx = (p * xs).sum(dim=(-2, -1), keepdim=True)
+    return ((p * ((ys - cy) ** 2 + (xs - cx) ** 2)).sum(dim=(-2, -1))).sqrt()
+
+
+def mass_regions(maps: Tensor, mass: float = 0.5) -> Tensor:
+    """Bool masks of each map's smallest region holding ``mass`` of it: ``[..., h, w]``."""
+    flat = maps.float().flatten(-2)
+    vals, order = flat.sort(-1, descending=True)
+    cum = vals.cumsum(-1) / vals.sum(-1, keepdim=True).clamp_min(1e-12)
+    keep_sorted = (cum - vals / vals.sum(-1, keepdim=True).clamp_min(1e-12)) < mass
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return keep.view(maps.shape)
+
+
+def region_iou(maps: Tensor, mass: float = 0.5) -> Tensor:
+    """IoU of every pair of tokens' ``mass`` regions: ``[B, L, h, w]`` -> ``[B, L, L]``."""
+    r = mass_regions(maps, mass).flatten(2).float()
+    inter = torch.bmm(r, r.transpose(1, 2))
+    area = r.sum(-1)
+    union = area[:, :, None] + area[:, None, :] - inter
+    return inter / union.clamp_min(1)
+
+
+def token_stats(maps: TokenMaps | ImageMaps, layers: Sequence[int] | None = None) -> list[TokenStat]:
+    """One :class:`TokenStat` per (image, layer, token): a pandas-free table.
+
+    (``[dataclasses.asdict(s) for s in stats]`` gives rows for any table library.)
+    """
+    tm = maps.maps if isinstance(maps, ImageMaps) else maps
+    rows: list[TokenStat] = []
+    for li, layer in enumerate(tm.layers):
+        if layers is not None and li not in layers:
+            continue
+        a = layer.attention.float().cpu()
+        ent, peaks, spr, top = normalized_entropy(a), peak_positions(a), spread(a), top_share(a)
+        iou = region_iou(a)
+        n = a.shape[1]
+        mean_iou = (iou.sum(-1) - iou.diagonal(dim1=1, dim2=2)) / max(n - 1, 1)
+        for b in range(a.shape[0]):
+            for t in range(n):
+                rows.append(TokenStat(b, li, layer.kind, t, float(ent[b, t]),
+                                      (int(peaks[b, t, 0]), int(peaks[b, t, 1])), float(spr[b, t]),
+                                      float(top[b, t]), float(mean_iou[b, t])))
+    return rows
+
+
+def map_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of corresponding maps: ``[..., h, w]`` x2 -> ``[...]``."""
+    x = a.float().flatten(-2)
+    y = b.float().flatten(-2)
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-12)
+
+
+def _flip(x: Tensor) -> Tensor:
+    return x.flip(-1)
+
+
+def stability_from_maps(original: Tensor, transformed: Tensor, undo: Callable[[Tensor], Tensor]) -> Tensor:
+    """Correlation of each map with the map of the transformed image, transform undone: ``[...]``."""
+    return map_correlation(original, undo(transformed))
+
+
+def token_stability(model: nn.Module, images: Sequence[ImageSource], layer: int = 0,
+                    shift: int = 16) -> dict[str, np.ndarray]:
+    """How stable each token's map is: ``{"flip": [B, L], "shift": [B, L]}`` correlations.
+
+    The images are flipped left-right (maps flipped back), and shifted right by ``shift``
+    input pixels (a whole number of 16-px cells; maps shifted back, the uncovered columns left
+    out). 1 = the map moves exactly with the image.
+    """
+    pre = preprocess_for(model)
+    batch, _ = prepare([load_image(i) for i in images], pre)
+    base = token_maps(model, batch).layers[layer].attention.cpu()
+    flipped = token_maps(model, batch.flip(-1)).layers[layer].attention.cpu()
+    cells = max(1, shift // 16)
+    moved = torch.roll(batch, shifts=cells * 16, dims=-1)
+    moved[..., : cells * 16] = 0  # normalised zero = the mean colour
+    shifted = token_maps(model, moved).layers[layer].attention.cpu()
+    return {
+        "flip": stability_from_maps(base, flipped, _flip).numpy(),
+        "shift": map_correlation(base[..., : -cells], shifted[..., cells:]).numpy(),
+    }
+
+
+# --------------------------------------------------------------------------- galleries
+@dataclass(order=True)
+class GalleryItem:
+    """One image in a token's gallery: its score (map peak), source, crop and peak (x, y)."""
+
+    score: float
+    source: str = field(compare=False)
+    crop: np.ndarray = field(compare=False, repr=False)
+    peak_xy: tuple[float, float] = field(compare=False)
+
+
+@dataclass
+class Gallery:
+    """For each token, the top-k images where it attends most strongly, as crops at its peak."""
+
+    layer: int
+    kind: str
+    items: list[list[GalleryItem]]  # [token][rank], best first
+
+    def picture(self, labels: bool = True) -> np.ndarray:
+        """Rows = tokens, columns = ranks: an RGB uint8 picture."""
+        size = next((it.crop.shape[0] for row in self.items for it in row), 96)
+        blank = np.full((size, size, 3), 255, np.uint8)
+        k = max((len(r) for r in self.items), default=1)
+        cells = [[row[j].crop if j < len(row) else blank for j in range(k)] for row in self.items]
+        return render.grid(cells, row_labels=[f"token {t}" for t in range(len(self.items))] if labels else (),
+                           col_labels=[f"#{j + 1}" for j in range(k)],
+                           title=f"layer {self.layer} ({self.kind}): top images per token, cropped at the peak")
+
+    def figure(self):
+        """Tokens as rows of crops: a matplotlib Figure."""
+        return views.figure(self.picture())
+
+    def save_png(self, path: str | Path) -> Path:
+        """Write :meth:`picture` as a PNG file."""
+        path = Path(path)
+        path.write_bytes(render.encode(self.picture(), "png"))
+        return path
+
+    def to_html(self, path: str | Path) -> Path:
+        """A self-contained HTML page (crops embedded) for sharing."""
+        rows = []
+        for t, row in enumerate(self.items):
+            cells = "".join(
+                f'<figure><img src="data:image/png;base64,{base64.b64encode(render.encode(it.crop)).decode()}"'
+                f' title="{html.escape(it.source)}"><figcaption>{it.score:.3f}</figcaption></figure>'
+                for it in row)
+            rows.append(f"<tr><th>token {t}</th><td>{cells}</td></tr>")
+        page = ("<!doctype html><meta charset=utf-8><title>vtviz token gallery</title>"
+                "<style>figure{display:inline-block;margin:2px;font:11px sans-serif;text-align:center}"
+                "th{font:13px sans-serif;text-align:right;padding-right:8px}</style>"
+                f"<h3>Layer {self.layer} ({html.escape(self.kind)}): top images per token</h3>"
+                f"<table>{''.join(rows)}</table>")
+        path = Path(path)
+        path.write_text(page, encoding="utf-8")
+        return path
+
+
+class GalleryBuilder:
+    """Keeps, for each token, the ``k`` highest-scoring crops seen so far (bounded memory)."""
+
+    def __init__(self, num_tokens: int, k: int = 8, crop: int = 96, crop_fraction: float = 0.4) -> None:
+        self.k, self.crop, self.crop_fraction = k, crop, crop_fraction
+        self.heaps: list[list[tuple[float, int, GalleryItem]]] = [[] for _ in range(num_tokens)]
+        self._count = 0
+
+    def add(self, image: np.ndarray, source: str, maps: Tensor) -> None:
+        """Add one image and its maps on the original geometry ``[L, H, W]`` (any resolution)."""
+        h, w = image.shape[:2]
+        flat = maps.flatten(1)
+        scores, idx = flat.max(-1)
+        mh, mw = maps.shape[-2:]
+        side = max(8, round(self.crop_fraction * min(h, w)))
+        for t in range(maps.shape[0]):
+            score = float(scores[t])
+            heap = self.heaps[t]
+            if len(heap) >= self.k and score <= heap[0][0]:
+                continue
+            py, px = divmod(int(idx[t]), mw)
+            cy, cx = (py + 0.5) * h / mh, (px + 0.5) * w / mw
+            y0 = int(min(max(0, cy - side / 2), h - side))
+            x0 = int(min(max(0, cx - side / 2), w - side))
+            crop = render.resize_image(image[max(0, y0):y0 + side, max(0, x0):x0 + side], (self.crop, self.crop))
+            item = GalleryItem(score, source, crop, (round(cx, 1), round(cy, 1)))
+            self._count += 1
+            entry = (score, self._count, item)
+            if len(heap) < self.k:
+                heapq.heappush(heap, entry)
+            else:
+                heapq.heapreplace(heap, entry)
+
+    def result(self, layer: int, kind: str) -> Gallery:
+        """The gallery, best first."""
+        return Gallery(layer, kind, [[e[2] for e in sorted(h, key=lambda e: -e[0])] for h in self.heaps])
+
+
+def _iter_batches(sources: Sequence[ImageSource], batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    batch = []
+    for s in sources:
+        try:
+            batch.append((str(s) if isinstance(s, (str, Path)) else f"image {len(batch)}", load_image(s)))
+        except Exception as exc:  # a bad file is skipped, the rest go on
+            print(f"warning: skipped {exc}")
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _sources(images_or_folder: Sequence[ImageSource] | str | Path) -> list:
+    if isinstance(images_or_folder, (str, Path)):
+        return list(iter_image_files([images_or_folder]))
+    return list(images_or_folder)
+
+
+def token_gallery(model: nn.Module, images_or_folder: Sequence[ImageSource] | str | Path, layer: int = 0,
+                  k: int = 8, kind: MapKind | str = MapKind.ATTENTION, batch_size: int = 32,
+                  crop: int = 96, progress: bool = True) -> Gallery:
+    """For each token, the top-``k`` images by the token's peak attention, cropped at the peak.
+
+    Streams the images (a folder is searched recursively) in batches on the model's device.
+    """
+    sources = _sources(images_or_folder)
+    pre = preprocess_for(model)
+    builder: GalleryBuilder | None = None
+    kind_name = ""
+    bar = tqdm(total=len(sources), desc="token gallery", unit="img", disable=not progress)
+    for batch in _iter_batches(sources, batch_size):
+        x, geos = prepare([im for _, im in batch], pre)
+        maps = token_maps(model, x).cpu()
+        la = maps.layers[layer]
+        chosen = views.select_maps(la, kind)
+        kind_name = la.kind
+        builder = builder or GalleryBuilder(la.num_tokens, k, crop)
+        for (name, img), geo, m in zip(batch, geos, chosen):
+            size = render.fit_size(img.shape[:2], 256)
+            full, _ = maps_to_original(m, geo, size)
+            builder.add(render.resize_image(img, size), name, full)
+        bar.update(len(batch))
+    bar.close()
+    if builder is None:
+        raise ValueError("no readable image")
+    return builder.result(layer, kind_name)
+
+
+# --------------------------------------------------------------------------- class profiles
+@dataclass
+class ClassProfile:
+    """``profile[c, t]``: mean share of class ``c``'s image pixels that token ``t`` owns."""
+
+    layer: int
+    classes: list[str]
+    profile: np.ndarray  # [C, L]
+    counts: list[int]
+
+    def figure(self):
+        """A heatmap Figure (classes x tokens)."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(1 + 0.45 * self.profile.shape[1], 1 + 0.4 * len(self.classes)))
+        im = ax.imshow(self.profile, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(self.profile.shape[1]))
+        ax.set_yticks(range(len(self.classes)), labels=self.classes)
+        ax.set_xlabel("token")
+        ax.set_title(f"layer {self.layer}: which tokens each class uses (share of pixels owned)")
+        fig.colorbar(im, ax=ax, fraction=0.03)
+        fig.tight_layout()
+        plt.close(fig)
+        return fig
+
+
+def ownership(attention: Tensor) -> Tensor:
+    """Soft share of each pixel owned by each token: attention normalised over tokens ``[B, L, h, w]``."""
+    a = attention.float()
+    return a / a.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def class_token_profile(model: nn.Module, folder: str | Path, layer: int = 0, batch_size: int = 32,
+                        max_per_class: int | None = None, progress: bool = True) -> ClassProfile:
+    """For each class folder ``folder/<class>/*``: the mean share of pixels each token owns.
+
+    Ownership is the projector assignment where the layer has a projector, else the tokenizer
+    attention normalised over tokens.
+    """
+    root = Path(folder)
+    meta = model_meta(model)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    names = {cid: name for cid, name in zip(meta.class_ids, meta.classes)}
+    pre = preprocess_for(model)
+    rows, counts = [], []
+    for cdir in tqdm(class_dirs, desc="class profile", disable=not progress):
+        files = iter_image_files([cdir])[:max_per_class]
+        total, n = None, 0
+        for batch in _iter_batches(files, batch_size):
+            x, _ = prepare([im for _, im in batch], pre)
+            la = token_maps(model, x).cpu().layers[layer]
+            own = la.assignment if la.assignment is not None else ownership(la.attention)
+            share = own.mean(dim=(-2, -1)).sum(0)  # [L]
+            total = share if total is None else total + share
+            n += x.shape[0]
+        if n:
+            rows.append((total / n).numpy())
+            counts.append(n)
+        else:
+            rows.append(np.full(meta.config.num_tokens, np.nan))
+            counts.append(0)
+    return ClassProfile(layer, [names.get(d.name, d.name) for d in class_dirs], np.stack(rows), counts)
+
+
+# --------------------------------------------------------------------------- Captum
+def _one(model: nn.Module, image: ImageSource | Tensor) -> Tensor:
+    if isinstance(image, Tensor):
+        x = image if image.ndim == 4 else image[None]
+    else:
+        x, _ = prepare([load_image(image)], preprocess_for(model))
+    return x.to(model_device(model))
+
+
+def _target(model: nn.Module, x: Tensor, target: int | str | None) -> int:
+    if isinstance(target, str):
+        return list(model_meta(model).classes).index(target)
+    if target is None:
+        with torch.no_grad():
+            return int(model(x).argmax(-1))
+    return int(target)
+
+
+@dataclass(frozen=True)
+class TokenAttribution:
+    """Integrated Gradients on one layer's tokens for one class logit.
+
+    attributions ``[L]``: each token's share of ``logit - baseline_logit``, where
+    ``baseline_logit`` is the logit with this layer's tokens replaced by the baseline image's
+    (for the last layer, simply the baseline image's logit); delta: how far the attributions'
+    sum is from that difference (Captum's convergence delta for the last layer).
+    """
+
+    target: int
+    layer: int
+    attributions: np.ndarray
+    delta: float
+    logit: float
+    baseline_logit: float
+
+
+def _replace_tokens(probe: nn.Module, tokens: Tensor):
+    return probe.register_forward_hook(lambda module, inputs, output: tokens.to(output.dtype))
+
+
+def token_attribution(model: VTResNet, image: ImageSource | Tensor, target: int | str | None = None,
+                      layer: int = -1, steps: int = 64, baseline: Tensor | None = None) -> TokenAttribution:
+    """How much each token of ``layer`` contributes to the ``target`` logit: Captum's
+    ``LayerIntegratedGradients`` on the layer's output tokens, from the tokens of a baseline
+    image (default: all-zero normalised input, i.e. the mean colour) to the image's."""
+    from captum.attr import LayerIntegratedGradients
+
+    model.eval()
+    x = _one(model, image).float()
+    tgt = _target(model, x, target)
+    base = torch.zeros_like(x) if baseline is None else baseline.to(x)
+    probe = model.vt_layers[layer].token_probe
+    attr = LayerIntegratedGradients(model, probe).attribute(x, baselines=base, target=tgt, n_steps=steps)
+    per_token = attr[0].sum(-1).detach()
+    with torch.no_grad():
+        logit = float(model(x)[0, tgt])
+        base_tokens = model.explain(base).layers[layer].tokens
+        handle = _replace_tokens(probe, base_tokens)
+        try:
+            base_logit = float(model(x)[0, tgt])
+        finally:
+            handle.remove()
+    delta = float(per_token.sum()) - (logit - base_logit)
+    return TokenAttribution(tgt, layer % len(model.vt_layers), per_token.cpu().numpy(), delta, logit, base_logit)
+
+
+def pixel_attribution(model: VTResNet, image: ImageSource | Tensor, target: int | str | None = None,
+                      method: Literal["gradcam", "ig"] = "gradcam", steps: int = 32) -> np.ndarray:
+    """A pixel-space attribution ``[H, W]`` (input resolution) to set beside token maps:
+    Grad-CAM on the stride-16 feature map, or Integrated Gradients summed over colours."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+
+    model.eval()
+    x = _one(model, image).float()
+    tgt = _target(model, x, target)
+    if method == "gradcam":
+        cam = LayerGradCam(model, model.stem.layer3).attribute(x, target=tgt, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, x.shape[-2:], "bilinear")[0, 0].detach().cpu().numpy()
+    if method == "ig":
+        attr = IntegratedGradients(model).attribute(x, torch.zeros_like(x), target=tgt, n_steps=steps)
+        return attr[0].sum(0).detach().cpu().numpy()
+    raise ValueError(f"unknown method {method!r} (gradcam, ig)")
+
+
+def token_deletion(model: VTResNet, image: ImageSource | Tensor, target: int | str | None = None,
+                   layer: int = -1) -> np.ndarray:
+    """Drop of the ``target`` logit when each token of ``layer`` is removed (set to zero): ``[L]``.
+
+    Positive = the prediction needed that token. Compare with :func:`token_attribution`.
+    """
+    model.eval()
+    x = _one(model, image).float()
+    tgt = _target(model, x, target)
+    probe = model.vt_layers[layer].token_probe
+    with torch.no_grad():
+        full = float(model(x)[0, tgt])
+        n = model.config.num_tokens
+        drops = np.zeros(n)
+        for t in range(n):
+            def remove(module: nn.Module, inputs, output: Tensor, t: int = t) -> Tensor:
+                out = output.clone()
+                out[:, t] = 0
+                return out
+
+            handle = probe.register_forward_hook(remove)
+            try:
+                drops[t] = full - float(model(x)[0, tgt])
+            finally:
+                handle.remove()
+    return drops
+
+
+def attribution_figure(model: VTResNet, image: ImageSource, target: int | str | None = None,
+                       layer: int = 0, colormap: Colormap | str = Colormap.TURBO):
+    """Side by side: the image, Grad-CAM, and the maps of the 3 tokens that IG credits most."""
+    import matplotlib.pyplot as plt
+
+    result = explain_images(model, [image])
+    x = _one(model, result.images[0])
+    tgt = _target(model, x, target)
+    ta = token_attribution(model, x, tgt, layer=layer)
+    cam = pixel_attribution(model, x, tgt, "gradcam")
+    top = np.argsort(-ta.attributions)[:3]
+    geo = result.geometries[0]
+    img = result.images[0]
+    cam_full, mask = maps_to_original(torch.from_numpy(cam), geo)  # input-resolution map
+    panels = [("image", img), ("Grad-CAM", render.overlay(img, np.maximum(cam_full.numpy(), 0),
+                                                          colormap, mask=mask.numpy()))]
+    att = result.maps.layers[layer].attention[0]
+    full, mask = maps_to_original(att[torch.as_tensor(top)], geo)
+    for t, m in zip(top, full):
+        panels.append((f"token {t}: IG {ta.attributions[t]:+.2f}",
+                       render.overlay(img, m.numpy(), colormap, mask=mask.numpy())))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+    for ax, (title, pic) in zip(axes, panels):
+        ax.imshow(pic)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(f"{model_meta(model).classes[tgt]}: layer {layer} tokens that Integrated Gradients credits most")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+__all__ = [
+    "ClassProfile", "Gallery", "GalleryBuilder", "GalleryItem", "TokenAttribution", "TokenStat",
+    "attribution_figure", "class_token_profile", "map_correlation", "mass_regions", "ownership",
+    "pixel_attribution", "region_iou", "show_tokens", "spread", "stability_from_maps", "token_attribution",
+    "token_deletion", "token_gallery", "token_stability", "token_stats",
+]
+
