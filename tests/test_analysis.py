@@ -27,7 +27,7 @@ def test_gallery_crops_contain_the_square():
     data = _square_images(30)
     builder = analysis.GalleryBuilder(num_tokens=2, k=5, crop=32, crop_fraction=0.4)
     rng = np.random.default_rng(1)
-    for i, (img, (y, x)) in enumerate(data):
+    for i, (img, _) in enumerate(data):
         follow = torch.from_numpy(img.mean(-1).astype(np.float32))
         follow = follow / follow.sum()
         strength = 1.0 + 0.1 * i  # later images: sharper maps, higher scores
