@@ -90,7 +90,8 @@ def _letterbox(img: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tup
 
 def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
              kind: MapKind | str = MapKind.ATTENTION, options: RenderOptions = RenderOptions(),
-             images: Sequence[int] | None = None, cell: int | None = None) -> tuple[np.ndarray, float | None]:
+             images: Sequence[int] | None = None, cell: int | None = None,
+             shape: tuple[int, int] | None = None) -> tuple[np.ndarray, float | None]:
     """Overlays ``[N_images, T, H, W, 3]``: each image fitted into a cell ``cell`` px wide
     whose height follows the images' median aspect (see :func:`cell_shape`).
 
@@ -101,7 +102,7 @@ def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
     idx = list(range(len(result.images))) if images is None else list(images)
     maps = select_maps(result.maps.layers[layer], kind)[idx][:, list(tokens)]  # [N, T, h, w]
     vmax = float(maps.max()) if Scale(options.scale) in (Scale.SHARED, Scale.ABSOLUTE) else None
-    shape = cell_shape([result.images[i] for i in idx], cell)
+    shape = shape or cell_shape([result.images[i] for i in idx], cell)
     out = np.full((len(idx), len(tokens), *shape, 3), 255, np.uint8)
     for n, i in enumerate(idx):
         base, (y0, x0, h, w) = _letterbox(result.images[i], shape)
@@ -166,11 +167,12 @@ def model_grid(results: Sequence[ImageMaps], model_names: Sequence[str], layer: 
     """The same images under several models: rows = tokens, columns = (image, model) pairs."""
     columns, labels, vmaxes = [], [], []
     n_images = len(results[0].images)
+    shape = cell_shape(results[0].images, options.cell)  # one cell size for every column
     for i in range(n_images):
         for res, mname in zip(results, model_names):
             la = min(layer, len(res.maps.layers) - 1)
             k = kind if MapKind(kind) in available_kinds(res.maps.layers[la]) else MapKind.ATTENTION
-            ov, vmax = overlays(res, la, tokens, k, options, [i])
+            ov, vmax = overlays(res, la, tokens, k, options, [i], shape=shape)
             columns.append(ov[0])
             vmaxes.append(vmax)
             cls, p = res.top_k(1)[i][0]
