@@ -43,8 +43,9 @@ def test_recurrent_tokenizer_follows_input_tokens(x):
     out = tok(x, t_in)
     torch.testing.assert_close(out.attention.sum(-1), torch.ones(B, L))
     z = tok.norm(t_in)
-    w_r = tok.token_to_filter(z - z.mean(1, keepdim=True))  # Eq. 2: W_R = T_in W_T->R
-    assert torch.allclose((w_r @ x.transpose(1, 2)).sum(1), torch.zeros(B, HW), atol=1e-4)
+    dynamic = tok.token_to_filter(z - z.mean(1, keepdim=True)) * C**-0.5  # Eq. 2: T_in W_T->R
+    assert torch.allclose((dynamic @ x.transpose(1, 2)).sum(1), torch.zeros(B, HW), atol=1e-4)
+    w_r = tok.filters.weight + dynamic
     a = torch.softmax(w_r @ x.transpose(1, 2), dim=-1)
     torch.testing.assert_close(out.attention, a, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.tokens, tok.value(a @ x), atol=1e-5, rtol=1e-5)
