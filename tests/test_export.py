@@ -75,7 +75,7 @@ def test_export_folder_with_bad_inputs(tmp_path, checkpoint, rgb):
     assert code == 2
     records, summary = load_manifest(out)
     by_name = {Path(r["source"]).name + ("/b" if "/b/" in r["source"] else ""): r for r in records}
-    assert summary["exported"] == 3 and summary["failed"] == 4
+    assert summary["exported"] == 3 and summary["failed"] == 4 and summary["ok"] == 3
     assert "empty file" in by_name["zero.jpg"]["error"]
     assert "not an image" in by_name["text.png"]["error"]
     assert "truncated" in by_name["cut.jpg"]["error"]
@@ -115,6 +115,14 @@ def test_export_options(tmp_path, checkpoint):
     assert cli(["export", "--model", checkpoint, "--out", str(raw_out), *map(str, src), "--raw-only",
                 "--workers", "0", "--quiet"]) == 0
     assert {Path(f).name for f in _files(raw_out)} == {"maps.npz", "manifest.jsonl"}
+
+
+def test_unwritable_output_is_fatal(tmp_path, checkpoint, capsys):
+    src = _photos(tmp_path / "in", 1)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should go")
+    assert cli(["export", "--model", checkpoint, "--out", str(blocker / "out"), str(src[0]), "--quiet"]) == 1
+    assert "error" in capsys.readouterr().err
 
 
 def test_safe_names(tmp_path):
@@ -168,5 +176,5 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, checkpoint):
     assert _files(sharded) == _files(single)
     _assert_same_records(_comparable(sharded), _comparable(single))
     _, summary = load_manifest(sharded)
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and summary["ok"] == 7
     assert json.loads(json.dumps(summary))["failed"] == 0

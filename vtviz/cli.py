@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (VTVizError, FileNotFoundError, ValueError) as exc:
+    except (VTVizError, OSError, ValueError) as exc:
         print(f"vtviz {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

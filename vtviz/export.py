@@ -72,6 +72,7 @@ class ExportSummary:
     """Counts and throughput of one export run (also the manifest's last line)."""
 
     inputs: int = 0
+    ok: int = 0  # inputs with complete outputs in the merged manifest (all runs, all ranks)
     exported: int = 0
     skipped: int = 0
     failed: int = 0
@@ -170,6 +171,7 @@ def merge_manifest(out_dir: Path, order: Sequence[str], summary: ExportSummary) 
     rank = {s: i for i, s in enumerate(order)}
     ordered = sorted(records.values(), key=lambda r: (rank.get(r["source"], len(rank)), r["source"]))
     summary.failed = sum(r.get("status") != "ok" for r in ordered)
+    summary.ok = len(ordered) - summary.failed
     summary.failures = [{"source": r["source"], "error": r.get("error", "")}
                         for r in ordered if r.get("status") != "ok"]
     lines = [json.dumps(r, ensure_ascii=False) for r in ordered]
