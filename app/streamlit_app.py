@@ -23,7 +23,6 @@ from vtviz.session import ModelStore, Upload, content_hash, device_label, explai
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-r18-imagenette"
 PAGE = 8  # images per page: many uploads never render hundreds of overlays at once
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 
 st.set_page_config(page_title="vtviz: visual tokens", layout="wide")
 _started = time.perf_counter()
@@ -108,7 +107,8 @@ options = views.RenderOptions(Colormap(colormap), alpha, Scale(scale), cell=200)
 
 # --------------------------------------------------------------------------- images
 st.title("What do the visual tokens see?")
-files = st.file_uploader("Drop images here", type=IMAGE_TYPES, accept_multiple_files=True, key="images")
+# No type filter: vtviz decodes by content (".JPEG", ".jfif", ... all work) and names bad files.
+files = st.file_uploader("Drop images here", accept_multiple_files=True, key="images")
 uploads = [Upload(f.name, f.getvalue()) for f in files] if files else samples()
 if not files:
     st.caption("Showing the bundled sample photos (see app/samples/README.md); upload your own above.")
@@ -171,7 +171,7 @@ else:
                          format_func=lambda i: names[i], key="detail_image")
     c1, c2 = st.columns(2)
     c1.image(views.mixing_view(result, image, layer), caption="token mixing (transformer attention)")
-    c2.image(views.partition_view(result, image, layer), caption="which token owns each pixel")
+    c2.image(views.partition_view(result, image, layer, by=kind), caption="which token owns each pixel")
 
 # How long this run took (read by the tests to compare a first render with a re-render).
 st.session_state["render_seconds"] = time.perf_counter() - _started

@@ -311,14 +311,14 @@ def _render_one(item: _Decoded, logits: torch.Tensor, layers: list[tuple[int, La
                 opts.colormap, 0, 1, min(300, 4 * cell_size[1]), label="each map: min to max"))
             entry["grid"] = f"{sub}/grid.{opts.fmt}"
             atomic_write(out_dir / entry["grid"], render.encode(grid, opts.fmt))
-            weights = layer.assignment[0] if layer.assignment is not None else att
+            weights = att  # ownership by tokenizer attention: trained projectors assign nearly uniformly
             wfull, _ = maps_to_original(weights, item.geometry, size)
             part = render.partition(base, wfull.numpy(), mask=mask_np)
             leg = render.legend([f"token {t}" for t in range(weights.shape[0])],
                                 columns=max(1, min(8, part.shape[1] // 90)))
             canvas = render.stack_vertical([part, leg])
             entry["partition"] = f"{sub}/partition.{opts.fmt}"
-            entry["partition_by"] = "assignment" if layer.assignment is not None else "attention"
+            entry["partition_by"] = "attention"
             atomic_write(out_dir / entry["partition"], render.encode(canvas, opts.fmt))
         record["layers"].append(entry)
     if opts.raw:

@@ -125,7 +125,7 @@ def _scale_footer(options: RenderOptions, vmax: float | None, length: int,
 def _image_label(result: ImageMaps, i: int, names: Sequence[str] | None) -> str:
     name = names[i] if names and i < len(names) else f"image {i}"
     cls, p = result.top_k(1)[i][0]
-    return f"{name}: {cls} {p:.0%}"
+    return f"{cls} {p:.0%} · {name}"  # the prediction first: long file names get cut
 
 
 def token_grid(result: ImageMaps, layer: int, tokens: Sequence[int],
@@ -185,15 +185,18 @@ def model_grid(results: Sequence[ImageMaps], model_names: Sequence[str], layer: 
                        title=f"layer {layer} · {MapKind(kind).value}", footer=footer)
 
 
-def partition_view(result: ImageMaps, image: int, layer: int, size: int = 448) -> np.ndarray:
-    """Each pixel coloured by its owning token (projector assignment, else attention), with legend."""
+def partition_view(result: ImageMaps, image: int, layer: int, size: int = 448,
+                   by: MapKind | str = MapKind.ATTENTION) -> np.ndarray:
+    """Each pixel coloured by its owning token, with a legend: the argmax over tokens of the
+    tokenizer attention (default) or of the projector assignment (``by="assignment"``)."""
     la = result.maps.layers[layer]
-    weights = (la.assignment if la.assignment is not None else la.attention)[image]
+    use_assignment = MapKind(by) is MapKind.ASSIGNMENT and la.assignment is not None
+    weights = (la.assignment if use_assignment else la.attention)[image]
     base = result.images[image]
     h, w = render.fit_size(base.shape[:2], size)
     full, mask = maps_to_original(weights, result.geometries[image], (h, w))
     part = render.partition(render.resize_image(base, (h, w)), full.numpy(), mask=mask.numpy())
-    by = "projector assignment" if la.assignment is not None else "tokenizer attention (argmax)"
+    by = "projector assignment" if use_assignment else "tokenizer attention"
     title = render.text_strip(f"{layer_label(layer, la)} · owner of each pixel by {by}", w)
     leg = render.legend([f"token {t}" for t in range(weights.shape[0])], columns=max(1, min(8, w // 90)))
     return render.stack_vertical([title, part, leg])
