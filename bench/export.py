@@ -117,7 +117,7 @@ def gradcam_comparison(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, 
     t_maps32 = timed(lambda: vtviz.token_maps(model, x, amp=False)) / b
     cam = GradCAM(model=model, target_layers=[model.stem.layer3])
     try:
-        t_cam = timed(lambda: cam(input_tensor=x.clone())) / b
+        t_cam = timed(lambda: cam(input_tensor=x.clone(), targets=None)) / b
     finally:
         cam.activations_and_grads.release()
     n_maps = sum(layer.num_tokens for layer in vtviz.token_maps(model, x[:1]).layers)
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--skip-gradcam", action="store_true")
+    parser.add_argument("--gradcam-only", action="store_true", help="only the Grad-CAM comparison")
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args)
@@ -161,6 +162,8 @@ def main() -> None:
     def maps_all() -> list:
         return [vtviz.token_maps(model, x).cpu() for x in batches]
 
+    if args.gradcam_only:
+        return report_gradcam(model, batches[0])
     t_fwd = timed(forward, 2)
     t_maps = timed(maps_all, 2)
     all_maps = maps_all()
@@ -209,16 +212,19 @@ def main() -> None:
           f"ratio {rss_large / rss_small:.2f} (target <= 1.1)")
 
     if not args.skip_gradcam:
-        try:
-            t_vt, t_vt32, t_cam, n_maps = gradcam_comparison(model, batches[0])
-        except ImportError:
-            print("Grad-CAM: pytorch-grad-cam not installed "
-                  "(pip install -r bench/requirements.txt --no-deps)")
-        else:
-            print(f"per image         : vtviz {n_maps} token maps {t_vt * 1e3:.1f} ms "
-                  f"(float32: {t_vt32 * 1e3:.1f} ms); Grad-CAM 1 map {t_cam * 1e3:.1f} ms")
-            print(f"vtviz vs Grad-CAM = {t_cam / t_vt:.1f}x faster per image (float32: "
-                  f"{t_cam / t_vt32:.1f}x) with {n_maps}x more maps (target >= 3x)")
+        report_gradcam(model, batches[0])
+
+
+def report_gradcam(model: torch.nn.Module, x: torch.Tensor) -> None:
+    try:
+        t_vt, t_vt32, t_cam, n_maps = gradcam_comparison(model, x)
+    except ImportError:
+        print("Grad-CAM: pytorch-grad-cam not installed (pip install -r bench/requirements.txt --no-deps)")
+        return
+    print(f"per image         : vtviz {n_maps} token maps {t_vt * 1e3:.1f} ms "
+          f"(float32: {t_vt32 * 1e3:.1f} ms); Grad-CAM 1 map {t_cam * 1e3:.1f} ms")
+    print(f"vtviz vs Grad-CAM = {t_cam / t_vt:.1f}x faster per image (float32: "
+          f"{t_cam / t_vt32:.1f}x) with {n_maps}x more maps (target >= 3x)")
 
 
 if __name__ == "__main__":
