@@ -36,7 +36,7 @@ from .errors import ImageError
 from .explain import preprocess_for, token_maps, top_k
 from .image import Geometry, fit_image, load_image, maps_to_original, to_tensor
 from .maps import LayerMaps, normalized_entropy, peak_positions, top_share
-from .meta import Fit, Preprocess
+from .meta import Fit, Preprocess  # noqa: F401  (Fit: ExportOptions.fit)
 from .render import Colormap
 
 MANIFEST = "manifest.jsonl"
@@ -438,5 +438,5 @@ def iter_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return iter_image_files(inputs)
 
 
-__all__ = ["ExportOptions", "ExportSummary", "export", "load_manifest", "safe_name", "parse_indices",
-           "Fit"]
+__all__ = ["ExportOptions", "ExportSummary", "export", "iter_inputs", "load_manifest", "parse_indices",
+           "safe_name"]

@@ -259,5 +259,7 @@ def iter_image_files(inputs: Sequence[str | Path]) -> list[Path]:
             if not matches:
                 raise FileNotFoundError(f"{item}: no such file, folder or matching pattern")
             found += [Path(m) for m in matches if Path(m).is_file()]
-    seen: set[Path] = set()
-    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]  # type: ignore[func-returns-value]
+    unique: dict[Path, Path] = {}  # first occurrence of each file wins, order kept
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())

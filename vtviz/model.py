@@ -419,7 +419,10 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(512, config.num_classes)
         _init_weights(self)
 
-    tokenizer_kinds: list[str] = []
+    @property
+    def tokenizer_kinds(self) -> list[str]:
+        """A plain ResNet has no tokenizers."""
+        return []
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``[B, classes]`` for images ``[B, 3, H, W]``."""
