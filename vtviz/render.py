@@ -166,11 +166,6 @@ def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.55,
     return out
 
 
-def owners(weights: np.ndarray) -> np.ndarray:
-    """Token index owning each cell of ``[L, h, w]`` weights: ``[h, w]`` int."""
-    return np.asarray(weights).argmax(0)
-
-
 # --------------------------------------------------------------------------- text, grids
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.ImageFont:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import list_pretrained, load_model, model_meta
+from .checkpoint import list_pretrained, load_model
 from .explain import ImageMaps, explain_images
 from .image import MAX_PIXELS, load_image
 from .meta import Fit
@@ -83,8 +83,3 @@ def explain_upload(model: nn.Module, upload: Upload, fit: Fit | str | None = Non
     """Decode one uploaded image (errors name the file) and explain it."""
     image = load_image(upload.data, name=upload.name, max_pixels=max_pixels)
     return explain_images(model, [image], fit=fit)
-
-
-def layer_choices(model: nn.Module) -> list[str]:
-    """Labels of a model's VT layers, e.g. ``["layer 0 · filter", "layer 1 · recurrent"]``."""
-    return [f"layer {i} · {k}" for i, k in enumerate(model_meta(model).config.tokenizers)]
