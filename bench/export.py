@@ -34,7 +34,6 @@ import vtviz
 from vtviz.explain import autocast_for, model_device
 from vtviz.export import ExportOptions, _Decoded, _render_one, export
 from vtviz.image import fit_image, iter_image_files, load_image, to_tensor
-from vtviz.maps import LayerMaps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,9 +169,7 @@ def main() -> None:
     per_image = []
     for bi, maps in enumerate(all_maps):
         for j in range(maps.batch_size):
-            layers = [(i, LayerMaps(la.kind, la.attention[j:j + 1], la.token_mixing[j:j + 1],
-                                    None if la.assignment is None else la.assignment[j:j + 1],
-                                    la.tokens[j:j + 1])) for i, la in enumerate(maps.layers)]
+            layers = list(enumerate(maps.select(j).layers))
             per_image.append((decoded[bi * args.batch + j], maps.logits[j], layers))
     classes = vtviz.model_meta(model).classes
 

@@ -387,12 +387,10 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 return
             x = to_tensor([b.fitted for b in batch], pre)  # type: ignore[misc]
             maps = token_maps(model, x).cpu()
-            chosen = [(i, layer) for i, layer in enumerate(maps.layers)
-                      if layer_ids is None or i in layer_ids]
+            chosen = [i for i in range(len(maps.layers)) if layer_ids is None or i in layer_ids]
             for j, item in enumerate(batch):
-                one = [(i, LayerMaps(layer.kind, layer.attention[j:j + 1], layer.token_mixing[j:j + 1],
-                                     None if layer.assignment is None else layer.assignment[j:j + 1],
-                                     layer.tokens[j:j + 1])) for i, layer in chosen]
+                own = maps.select(j)
+                one = [(i, own.layers[i]) for i in chosen]
                 pending.append(pool.submit(_render_one, item, maps.logits[j], one, meta.classes,
                                            options, out))
             batch.clear()
