@@ -4,7 +4,9 @@ Recipe (measured on Imagenette; see ``pretrained/README.md``):
 
 * data decoded once into a uint8 cache, augmented on whole batches (random-resized crop
   by ``roi_align``, horizontal flip);
-* progressive resizing (``--schedule 128:16,176:2,224:2`` = 16 epochs at 128 px, ...);
+* progressive resizing (``--schedule 128:56,160:4`` = 56 epochs at 128 px, then 4 at 160),
+  evaluated a little above the last training size (``--eval-size 192``, "FixRes": random crops
+  make objects look larger in training than in full test images);
 * AdamW, linear warm-up then cosine decay, label smoothing, gradient clipping;
 * **token diversity penalty**: the mean cosine similarity between different tokens'
   attention maps of one image, for every VT layer, added to the loss (weight
@@ -359,12 +361,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizers", default=None, help="e.g. filter,recurrent (default: the arch's)")
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--padding", default="reflect", choices=["reflect", "zeros"])
-    p.add_argument("--schedule", default="128:16,176:2,224:2", help="SIZE:EPOCHS,... per phase")
+    p.add_argument("--schedule", default="128:56,160:4", help="SIZE:EPOCHS,... per phase")
     p.add_argument("--eval-size", type=int, default=None, help="default: the schedule's last size")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--warmup-epochs", type=int, default=2)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--min-scale", type=float, default=0.35, help="random-resized-crop min area")
     p.add_argument("--clip", type=float, default=2.0, help="gradient-norm clipping")
