@@ -36,7 +36,7 @@ from .errors import ImageError
 from .explain import preprocess_for, token_maps, top_k
 from .image import Geometry, fit_image, load_image, maps_to_original, to_tensor
 from .maps import LayerMaps, normalized_entropy, peak_positions, top_share
-from .meta import Fit, Preprocess  # noqa: F401  (Fit: ExportOptions.fit)
+from .meta import Fit, Preprocess
 from .render import Colormap
 
 MANIFEST = "manifest.jsonl"
