@@ -76,6 +76,31 @@ def test_smoke_train_resume_evaluate(tiny_folder, tmp_path, capsys):
     assert [s["kind"] for s in result["token_stats"]] == ["filter", "recurrent"]
 
 
+def test_train_without_val_then_record_evaluation(tiny_folder, tmp_path, capsys):
+    """A GPU box may hold only train/: the checkpoint gets its val accuracy later, in place."""
+    only_train = tmp_path / "data"
+    only_train.mkdir()
+    (only_train / "train").symlink_to(tiny_folder / "train")
+    out = tmp_path / "run"
+    assert cli(_args(only_train, out, "--save-every", "3")) == 0
+    path = out / "tiny.safetensors"
+    before = vtviz.load_model(path, device="cpu")
+    assert vtviz.model_meta(before).training["val"] is None
+    assert "warning" in capsys.readouterr().err
+
+    assert cli(["evaluate", str(path), "--data", str(tiny_folder / "val"), "--size", "32",
+                "--record", "--quiet"]) == 1  # --record refuses another input size
+    assert cli(["evaluate", str(path), "--data", str(tiny_folder / "val"), "--record",
+                "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    after = vtviz.load_model(path, device="cpu")
+    val = vtviz.model_meta(after).training["val"]
+    assert val["images"] == 12 and val["top1"] == pytest.approx(printed["top1"])
+    assert val["data"] == str(tiny_folder / "val")
+    assert weights_fingerprint(after) == weights_fingerprint(before)
+    assert vtviz.model_meta(after).training["history"] == vtviz.model_meta(before).training["history"]
+
+
 def test_torchrun_two_ranks_identical_weights(tiny_folder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}

@@ -8,6 +8,7 @@ code), with the metadata either inside (``{"state_dict": ..., "meta": ...}``) or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -61,6 +62,10 @@ def save_model(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()
+    return _write(tensors, path, meta)
+
+
+def _write(tensors: dict[str, Tensor], path: Path, meta: ModelMeta) -> Path:
     header = {"format": FORMAT, "vtviz": json.dumps(meta.to_dict())}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -70,6 +75,19 @@ def save_model(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def record_evaluation(name_or_path: str | Path, result: Mapping[str, Any]) -> Path:
+    """Store an evaluation (``vtviz evaluate --record``) as ``training["val"]`` of a checkpoint.
+
+    For models trained without a val split at hand (e.g. on a remote GPU): the weights are
+    rewritten unchanged, atomically; only the safetensors metadata changes.
+    """
+    tensors, meta, path = read_checkpoint(name_or_path)
+    if path.suffix != SUFFIX:
+        raise CheckpointError(f"{path}: only safetensors checkpoints can record an evaluation")
+    meta = dataclasses.replace(meta, training={**meta.training, "val": dict(result)})
+    return _write(tensors, path, meta)
 
 
 def _find(name_or_path: str | Path) -> Path:

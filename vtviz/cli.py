@@ -11,8 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .checkpoint import load_model, model_meta
-from .errors import VTVizError
+from .checkpoint import load_model, model_meta, record_evaluation
+from .errors import CheckpointError, VTVizError
 from .meta import Fit
 from .render import Colormap
 
@@ -72,8 +72,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     model = load_model(args.model, device=args.device)
+    if args.record and args.size not in (None, model_meta(model).preprocess.size):
+        raise CheckpointError("--record stores the accuracy at the model's own input size: drop --size")
     result = evaluate(model, args.data, size=args.size, batch_size=args.batch_size,
                       confusion=args.confusion, cache_dir=args.cache_dir, progress=not args.quiet)
+    if args.record:
+        path = record_evaluation(args.model, {**result, "data": str(args.data)})
+        print(f"recorded in {path}", file=sys.stderr)
     result["model"] = args.model
     print(json.dumps(result, indent=2))
     return 0
@@ -152,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--confusion", action="store_true", help="include the confusion matrix")
+    p.add_argument("--record", action="store_true",
+                   help="store the result in the checkpoint's training summary (its 'val')")
     p.add_argument("--cache-dir", default=None, help="cache decoded images here")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")

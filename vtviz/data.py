@@ -108,7 +108,7 @@ def _decode_all(files: list[str], pre: Preprocess, workers: int | None, progress
                 label: str) -> tuple[np.ndarray, np.ndarray]:
     out = np.empty((len(files), pre.size, pre.size, 3), np.uint8)
     kept = np.zeros(len(files), bool)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or min(16, os.cpu_count() or 1)
     jobs = [(f, pre) for f in files]
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(_decode, jobs, chunksize=64)
@@ -149,7 +149,7 @@ def random_resized_crop(images: Tensor, size: int, generator: torch.Generator,
     out = roi_align(x, boxes.to(x.device), output_size=size, spatial_scale=1.0,
                     sampling_ratio=2, aligned=True)
     if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
+        mask = (torch.rand(b, generator=generator) < 0.5).to(out.device)
         out[mask] = out[mask].flip(-1)
     return out
 
