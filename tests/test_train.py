@@ -101,6 +101,37 @@ def test_train_without_val_then_record_evaluation(tiny_folder, tmp_path, capsys)
     assert vtviz.model_meta(after).training["history"] == vtviz.model_meta(before).training["history"]
 
 
+def test_fine_tune_from_checkpoint(tiny_folder, tmp_path):
+    base = tmp_path / "base"
+    assert cli(_args(tiny_folder, base, "--tokenizers", "filter,filter")) == 0
+    parent = vtviz.load_model(base / "tiny.safetensors", device="cpu")
+    tuned_dir = tmp_path / "tuned"
+    # --arch/--tokenizers are ignored: the architecture comes from the checkpoint
+    assert cli(_args(tiny_folder, tuned_dir, "--init", str(base / "tiny.safetensors"),
+                     "--schedule", "64:1", "--lr", "1e-5", "--arch", "resnet18",
+                     "--eval-size", "80", "--cache-size", "64")) == 0
+    tuned = vtviz.load_model(tuned_dir / "tiny.safetensors", device="cpu")
+    meta = vtviz.model_meta(tuned)
+    # crops come from a 64 px decode of train/, the model is evaluated (and stored) at 80 px
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tuned_dir / "cache").iterdir()) == ["train-64", "val-80"]
+    assert meta.preprocess.size == 80 and meta.training["val"]["input_size"] == 80
+    assert tuned.tokenizer_kinds == ["filter", "filter"]
+    assert meta.training["init"]["training"]["epochs"] == 4
+    assert meta.training["epochs"] == 1 and "arch" not in meta.training["recipe"]
+    # a tiny learning rate moves the weights only a little from the parent's
+    a, b = parent.state_dict(), tuned.state_dict()
+    key = next(k for k in a if k.endswith("conv1.weight"))
+    assert 0 < (a[key] - b[key]).abs().max() < 1e-2 * a[key].abs().max()
+    # a checkpoint of other classes is refused with both class lists in the message
+    other = tmp_path / "other"
+    (other / "train" / "x").mkdir(parents=True)
+    (other / "train" / "y").mkdir(parents=True)
+    for cls in ("x", "y"):
+        for i in range(8):
+            Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(other / "train" / cls / f"{i}.png")
+    assert cli(_args(other, tmp_path / "o", "--init", str(base / "tiny.safetensors"))) == 1
+
+
 def test_torchrun_two_ranks_identical_weights(tiny_folder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}

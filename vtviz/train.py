@@ -19,6 +19,9 @@ Recipe (measured on Imagenette; see ``pretrained/README.md``):
   reproducibility is then traded for speed) and the loop never waits on the host;
 * a resumable checkpoint after every epoch (``--resume``; ``--save-every N`` for fast
   GPUs), deterministic with ``--seed`` on CPU;
+* ``--init CHECKPOINT`` fine-tunes a trained model, e.g. a few epochs at the evaluation
+  size with milder crops, which aligns its BatchNorm statistics and apparent object sizes
+  with test images ("FixRes" fine-tuning); the parent's summary is kept under ``init``;
 * ``val/`` is optional: without it the run only trains, and ``vtviz evaluate MODEL --data
   VAL --record`` later stores the val accuracy in the checkpoint;
 * DistributedDataParallel under ``torchrun`` (gloo on CPU, NCCL on CUDA).
@@ -46,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import resolve_device, save_model
+from .checkpoint import check_state_dict, read_checkpoint, resolve_device, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
 from .evaluate import evaluate_arrays
 from .explain import autocast_for
@@ -210,7 +213,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.data)
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     pre = Preprocess(size=args.eval_size or schedule[-1], fit=Fit.STRETCH)
-    train_pre = Preprocess(size=max(max(schedule), pre.size), fit=Fit.STRETCH)
+    train_pre = Preprocess(size=args.cache_size or max(max(schedule), pre.size), fit=Fit.STRETCH)
     progress = d.main and not args.quiet
     train_data = read_image_folder(root / "train", train_pre, cache_dir=cache_dir, progress=progress)
     val_data = None
@@ -225,13 +228,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         soft = soft.to(device)
 
     torch.manual_seed(args.seed)
-    config = ModelConfig.from_dict({
-        **build_model(ModelConfig(arch=args.arch)).config.to_dict(),
-        "num_classes": len(train_data.class_ids),
-        **({"tokenizers": tuple(args.tokenizers.split(","))} if args.tokenizers else {}),
-        "num_tokens": args.tokens, "padding_mode": args.padding,
-    })
-    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    parent: dict[str, Any] | None = None
+    if args.init:  # fine-tune: the checkpoint's architecture and weights, a fresh optimiser
+        tensors, init_meta, init_path = read_checkpoint(args.init)
+        if tuple(init_meta.class_ids) != tuple(train_data.class_ids):
+            raise ValueError(f"{init_path}: its classes {list(init_meta.class_ids)[:5]} are not "
+                             f"the data's {list(train_data.class_ids)[:5]}")
+        config = init_meta.config
+        model = build_model(config)
+        check_state_dict(model, tensors, str(init_path))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in tensors.items()})
+        parent = {"checkpoint": str(init_path), "training": init_meta.training}
+    else:
+        config = ModelConfig.from_dict({
+            **build_model(ModelConfig(arch=args.arch)).config.to_dict(),
+            "num_classes": len(train_data.class_ids),
+            **({"tokenizers": tuple(args.tokenizers.split(","))} if args.tokenizers else {}),
+            "num_tokens": args.tokens, "padding_mode": args.padding,
+        })
+        model = build_model(config)
+    model = model.to(device).to(memory_format=torch.channels_last)
     objective: nn.Module = _Objective(model)
     if d.world > 1:
         objective = nn.parallel.DistributedDataParallel(
@@ -362,7 +379,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "data": {"root": str(root), "train_images": len(train_data),
                      "val_images": len(val_data) if val_data is not None else 0},
             "recipe": {k: v for k, v in vars(args).items()
-                       if k not in ("data", "out", "cache_dir", "quiet", "resume", "save_every", "func")},
+                       if k not in ("data", "out", "cache_dir", "quiet", "resume", "save_every", "func")
+                and not (args.init and k in ("arch", "tokenizers", "tokens", "padding"))},
             "epochs": len(schedule),
             "wall_time_s": round(wall, 1),
             "hardware": _hardware(device, d.world),
@@ -373,6 +391,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "val": final_eval,
             "history": history,
         }
+        if parent is not None:
+            summary["init"] = parent
         meta = ModelMeta(config=config, classes=train_data.classes, class_ids=train_data.class_ids,
                          preprocess=pre, name=args.name, description=args.description,
                          training=summary)
@@ -396,9 +416,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="vt_resnet18", choices=["vt_resnet18", "vt_resnet34", "resnet18"])
     p.add_argument("--tokenizers", default=None, help="e.g. filter,recurrent (default: the arch's)")
     p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="fine-tune this checkpoint (its architecture; --arch/--tokenizers ignored)")
     p.add_argument("--padding", default="reflect", choices=["reflect", "zeros"])
     p.add_argument("--schedule", default="128:56,160:4", help="SIZE:EPOCHS,... per phase")
     p.add_argument("--eval-size", type=int, default=None, help="default: the schedule's last size")
+    p.add_argument("--cache-size", type=int, default=None,
+                   help="size the training images are decoded at, random crops come from it "
+                        "(default: the largest of the schedule's sizes and --eval-size)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
