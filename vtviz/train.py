@@ -4,9 +4,10 @@ Recipe (measured on Imagenette; see ``pretrained/README.md``):
 
 * data decoded once into a uint8 cache, augmented on whole batches (random-resized crop
   by ``roi_align``, horizontal flip);
-* progressive resizing (``--schedule 128:56,160:4`` = 56 epochs at 128 px, then 4 at 160);
-  the bundled model passes ``--eval-size 192`` (the default is the last training size): random
-  crops make objects look larger in training than in full test images ("FixRes");
+* progressive resizing (``--schedule 128:56,160:4`` = 56 epochs at 128 px, then 4 at 160;
+  the bundled models: ``160:85,192:15`` on a GPU); evaluation above the last training size
+  (``--eval-size``; the default is the last training size): random crops make objects look
+  larger in training than in whole test images ("FixRes");
 * AdamW, linear warm-up then cosine decay, label smoothing, gradient clipping;
 * **token diversity penalty**: the mean cosine similarity between different tokens'
   attention maps of one image, for every VT layer, added to the loss (weight
