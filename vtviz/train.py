@@ -20,9 +20,9 @@ Recipe (measured on Imagenette; see ``pretrained/README.md``):
   reproducibility is then traded for speed) and the loop never waits on the host;
 * a resumable checkpoint after every epoch (``--resume``; ``--save-every N`` for fast
   GPUs), deterministic with ``--seed`` on CPU;
-* ``--init CHECKPOINT`` fine-tunes a trained model, e.g. a few epochs at the evaluation
-  size with milder crops, which aligns its BatchNorm statistics and apparent object sizes
-  with test images ("FixRes" fine-tuning); the parent's summary is kept under ``init``;
+* ``--init CHECKPOINT`` fine-tunes a trained model, e.g. a few epochs at a larger size with
+  milder crops, which aligns its BatchNorm statistics and apparent object sizes with whole
+  test images ("FixRes" fine-tuning); the parent's summary is kept under ``init``;
 * ``val/`` is optional: without it the run only trains, and ``vtviz evaluate MODEL --data
   VAL --record`` later stores the val accuracy in the checkpoint;
 * DistributedDataParallel under ``torchrun`` (gloo on CPU, NCCL on CUDA).
