@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import check_state_dict, read_checkpoint, resolve_device, save_model
+from .checkpoint import load_model, model_meta, resolve_device, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
 from .evaluate import evaluate_arrays
 from .explain import autocast_for
@@ -231,16 +231,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     parent: dict[str, Any] | None = None
     if args.init:  # fine-tune: the checkpoint's architecture and weights, a fresh optimiser
-        tensors, init_meta, init_path = read_checkpoint(args.init)
+        model = load_model(args.init, device="cpu")
+        init_meta = model_meta(model)
         if tuple(init_meta.class_ids) != tuple(train_data.class_ids):
-            raise ValueError(f"{init_path}: its classes {list(init_meta.class_ids)[:5]} are not "
+            raise ValueError(f"{args.init}: its classes {list(init_meta.class_ids)[:5]} are not "
                              f"the data's {list(train_data.class_ids)[:5]}")
         config = init_meta.config
-        model = build_model(config)
-        check_state_dict(model, tensors, str(init_path))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in tensors.items()})
-        parent = {"checkpoint": str(init_path), "training": init_meta.training}
+        parent = {"checkpoint": str(args.init), "training": init_meta.training}
     else:
         config = ModelConfig.from_dict({
             **build_model(ModelConfig(arch=args.arch)).config.to_dict(),
