@@ -64,7 +64,7 @@ def token_maps(model: nn.Module, batch: Tensor, *, amp: bool | None = None) -> T
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast_for(device, amp):
         out = vt.explain(x)
-    return from_output(out, vt.tokenizer_kinds, (x.shape[-2], x.shape[-1]))
+    return from_output(out, vt.tokenizer_kinds, (x.shape[-2], x.shape[-1]), vt.config.registers)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ class LayerMaps:
     assignment: ``[B, L, h, w]`` projector weights of each pixel over tokens, sums to
         1 over L; None for the last module (its projector would feed nothing).
     tokens: ``[B, L, C_T]`` output tokens.
+    to_registers: ``[B, L]`` attention each token gives the transformer's register tokens
+        (rows of ``token_mixing`` sum to 1 minus it); None for models without registers.
     """
 
     kind: str
@@ -35,6 +37,7 @@ class LayerMaps:
     token_mixing: Tensor
     assignment: Tensor | None
     tokens: Tensor
+    to_registers: Tensor | None = None
 
     @property
     def mixed_attention(self) -> Tensor:
@@ -101,7 +104,8 @@ def _map_tensors(maps: TokenMaps, fn) -> TokenMaps:
     return TokenMaps(fn(maps.logits), layers, maps.input_size)
 
 
-def from_output(out: VTOutput, kinds: Sequence[str], input_size: tuple[int, int]) -> TokenMaps:
+def from_output(out: VTOutput, kinds: Sequence[str], input_size: tuple[int, int],
+                registers: int = 0) -> TokenMaps:
     """Wrap a model's :class:`~vtviz.model.VTOutput` into :class:`TokenMaps` (float32 maps)."""
     h, w = out.map_size
     layers = []
@@ -116,6 +120,7 @@ def from_output(out: VTOutput, kinds: Sequence[str], input_size: tuple[int, int]
             token_mixing=layer.mixing.float(),
             assignment=assignment,
             tokens=layer.tokens.float(),
+            to_registers=layer.to_registers.float() if registers else None,
         ))
     return TokenMaps(out.logits.float(), tuple(layers), input_size)
 

@@ -27,6 +27,15 @@ Choices the paper leaves open (each is also noted at the code that makes it):
 * **Channel change.** Tokens are pooled in C (=256) and lifted to C_T (=1024) by a
   linear map after pooling, ``T = (A^T X) W_V``; this is equal to ``A^T (X W_V)``
   but 12x cheaper. The projector maps tokens back to C with ``W_V'``.
+* **Registers and a null slot** (optional, ``ModelConfig.registers`` / ``projector_null``).
+  In the first trained models every token's transformer attention went to one "sink" token
+  and the projector wrote one token onto every pixel. Following Darcet et al. (2023,
+  "Vision Transformers Need Registers"), the token transformer can take ``R`` learned
+  register tokens that join its attention (a place for global summaries) and are dropped at
+  its output; the projector can take a learned *null* key whose value is zero (a pixel may
+  choose "no update" instead of the nearest token).
+* **Recurrent tokenizer without the per-token filter** (``static_filter=False``): the
+  paper's ``W_R = T_in W_T->R`` alone (normalised, centred, scaled), see the class.
 * **Last module.** For classification the last module's projector would feed
   nothing (the head pools tokens), so it is omitted, as in the paper's classifier.
 * **Padding.** The ResNet convolutions use reflection padding by default: with
@@ -61,14 +70,18 @@ class TokenizerOutput(NamedTuple):
 
 
 class TransformerOutput(NamedTuple):
-    """tokens: ``[B, L, C_T]``; mixing: ``[B, L, L]`` rows sum to 1 over tokens."""
+    """tokens ``[B, L, C_T]``; mixing ``[B, L, L]`` (image token -> image token);
+    to_registers ``[B, L]``: attention each image token gives the registers. Each row of
+    ``mixing`` plus ``to_registers`` sums to 1 (without registers ``to_registers`` is 0)."""
 
     tokens: Tensor
     mixing: Tensor
+    to_registers: Tensor
 
 
 class ProjectorOutput(NamedTuple):
-    """features: ``[B, HW, C]``; assignment: ``[B, HW, L]`` sums to 1 over L."""
+    """features ``[B, HW, C]``; assignment ``[B, HW, L]`` over the L tokens, which sums to 1
+    over L, or to 1 minus the null slot's share when the projector has one."""
 
     features: Tensor
     assignment: Tensor
@@ -77,12 +90,13 @@ class ProjectorOutput(NamedTuple):
 class VTLayerOutput(NamedTuple):
     """All tensors of one VT module. ``assignment``/``features`` are None without projector.
 
-    attention ``[B, L, HW]``, mixing ``[B, L, L]``, assignment ``[B, HW, L]`` or None,
-    tokens ``[B, L, C_T]``, features ``[B, HW, C]`` or None.
+    attention ``[B, L, HW]``, mixing ``[B, L, L]``, to_registers ``[B, L]``, assignment
+    ``[B, HW, L]`` or None, tokens ``[B, L, C_T]``, features ``[B, HW, C]`` or None.
     """
 
     attention: Tensor
     mixing: Tensor
+    to_registers: Tensor
     assignment: Tensor | None
     tokens: Tensor
     features: Tensor | None
@@ -94,6 +108,33 @@ class VTOutput(NamedTuple):
     logits: Tensor
     layers: tuple[VTLayerOutput, ...]
     map_size: tuple[int, int]
+
+
+MixingAblation = Literal["identity", "uniform", "skip"]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Parts of a VT model switched off for one forward pass (nothing is stored on modules).
+
+    mixing: the token transformer's attention replaced by ``"identity"`` (each token reads
+    itself; feed-forward kept) or ``"uniform"`` (each token reads the mean), or the whole
+    transformer skipped (``"skip"``); projector: False passes the features through unchanged;
+    recurrent_dynamic: False zeroes the recurrent tokenizer's token-dependent filter term, so
+    that only the per-token filter ``W_0`` is left (uniform maps when there is no ``W_0``).
+    """
+
+    mixing: MixingAblation | None = None
+    projector: bool = True
+    recurrent_dynamic: bool = True
+
+    @property
+    def active(self) -> bool:
+        """True when anything is switched off."""
+        return self != NO_ABLATION
+
+
+NO_ABLATION = Ablation()
 
 
 def _softmax32(logits: Tensor, dim: int) -> Tensor:
@@ -114,7 +155,8 @@ class FilterTokenizer(nn.Module):
         self.filters = nn.Linear(channels, num_tokens, bias=False)  # W_A, C x L
         self.value = nn.Linear(channels, token_channels, bias=False)  # W_V, C x C_T
 
-    def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> TokenizerOutput:
+    def forward(self, x: Tensor, tokens_in: Tensor | None = None,
+                ablation: Ablation = NO_ABLATION) -> TokenizerOutput:
         # Unscaled logits on purpose: 1/sqrt(C) left the maps uniform in training.
         attention = _softmax32(self.filters(x).transpose(1, 2), dim=-1)  # [B, L, HW]
         pooled = torch.bmm(attention.to(x.dtype), x)  # A^T X, [B, L, C]
@@ -128,29 +170,39 @@ class RecurrentTokenizer(nn.Module):
     output attention ``[B, L, HW]`` and tokens ``T = (A^T X) W_V``, ``[B, L, C_T]``.
 
     Our choices (see the module docstring): T_in is layer-normalised and centred over the L
-    tokens, its product with ``W_T->R`` is scaled by 1/sqrt(C), and a learned per-token filter
-    ``W_0`` is added: ``W_R = W_0 + centre(LN(T_in)) W_T->R / sqrt(C)``. Without ``W_0`` the
-    16 recurrent maps collapsed onto 3-5 peaks (or went uniform) in every variant we trained.
+    tokens and its product with ``W_T->R`` is scaled by 1/sqrt(C). With ``static_filter`` a
+    learned per-token filter ``W_0`` is added, ``W_R = W_0 + centre(LN(T_in)) W_T->R /
+    sqrt(C)``; the first bundled models had it and their maps turned out not to depend on the
+    tokens at all (zeroing the dynamic term left them 0.997-correlated), so later models drop
+    it: the filters then come from the previous tokens alone, as in the paper.
+    ``static_gain`` (a buffer, 1 by default) scales ``W_0``; training anneals it to 0 to hand
+    the maps over to the dynamic term before ``W_0`` is removed.
     """
 
-    def __init__(self, channels: int, token_channels: int, num_tokens: int) -> None:
+    def __init__(self, channels: int, token_channels: int, num_tokens: int,
+                 static_filter: bool = True) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.norm = nn.LayerNorm(token_channels)  # keeps W_R's scale steady across training
         self.token_to_filter = nn.Linear(token_channels, channels, bias=False)  # W_T->R
-        self.filters = nn.Linear(channels, num_tokens, bias=False)  # W_0, one filter per token
+        self.filters = nn.Linear(channels, num_tokens, bias=False) if static_filter else None  # W_0
+        self.register_buffer("static_gain", torch.ones(()), persistent=False)
         self.value = nn.Linear(channels, token_channels, bias=False)  # W_V
         self.scale = channels**-0.5
 
-    def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> TokenizerOutput:
+    def forward(self, x: Tensor, tokens_in: Tensor | None = None,
+                ablation: Ablation = NO_ABLATION) -> TokenizerOutput:
         if tokens_in is None:
             raise ValueError("RecurrentTokenizer needs the previous module's tokens")
         z = self.norm(tokens_in)
         # Centre over tokens: what all input tokens share would add the same filter to every
         # token and pull all maps onto one spot. Centred, the dynamic logits sum to 0 over tokens.
         z = z - z.mean(dim=1, keepdim=True)
-        dynamic = self.token_to_filter(z) * self.scale  # [B, L, C], from the input tokens
-        filters = self.filters.weight + dynamic  # W_R
+        filters = self.token_to_filter(z) * self.scale  # [B, L, C], from the input tokens
+        if not ablation.recurrent_dynamic:
+            filters = torch.zeros_like(filters)
+        if self.filters is not None:
+            filters = filters + self.static_gain.to(filters.dtype) * self.filters.weight  # W_R
         logits = torch.bmm(filters, x.transpose(1, 2))  # [B, L, HW]
         attention = _softmax32(logits, dim=-1)
         pooled = torch.bmm(attention.to(x.dtype), x)
@@ -158,15 +210,19 @@ class RecurrentTokenizer(nn.Module):
 
 
 class TokenTransformer(nn.Module):
-    """Transformer in token space (Eqs. 3-4), pre-LayerNorm.
+    """Transformer in token space (Eqs. 3-4), pre-LayerNorm, with optional register tokens.
 
     ``T' = T + softmax_L((T K)(T Q)^T / sqrt(d)) T`` and ``T_out = T' + ReLU(T' F1) F2``
-    with T normalised before each product. Input/output ``[B, L, C_T]``.
+    with T normalised before each product. Input/output ``[B, L, C_T]``. With ``registers``
+    R > 0, R learned tokens are appended before the attention and dropped after the
+    feed-forward (Darcet et al. 2023): they give the attention a place for global summaries.
     """
 
-    def __init__(self, token_channels: int, key_channels: int | None = None) -> None:
+    def __init__(self, token_channels: int, key_channels: int | None = None,
+                 registers: int = 0) -> None:
         super().__init__()
         key_channels = key_channels or token_channels // 2  # paper: K, Q are C_T x C_T/2
+        self.registers = nn.Parameter(torch.randn(registers, token_channels)) if registers else None
         self.norm1 = nn.LayerNorm(token_channels)
         self.key = nn.Linear(token_channels, key_channels, bias=False)
         self.query = nn.Linear(token_channels, key_channels, bias=False)
@@ -175,38 +231,56 @@ class TokenTransformer(nn.Module):
         self.f2 = nn.Linear(token_channels, token_channels)
         self.scale = key_channels**-0.5
 
-    def forward(self, tokens: Tensor) -> TransformerOutput:
+    def forward(self, tokens: Tensor, ablation: Ablation = NO_ABLATION) -> TransformerOutput:
+        b, n, _ = tokens.shape
+        if ablation.mixing == "skip":
+            eye = torch.eye(n, device=tokens.device).expand(b, n, n)
+            return TransformerOutput(tokens, eye, tokens.new_zeros(b, n, dtype=torch.float32))
+        if self.registers is not None:
+            tokens = torch.cat([tokens, self.registers.to(tokens.dtype).expand(b, -1, -1)], 1)
         t = self.norm1(tokens)
         logits = torch.bmm(self.key(t), self.query(t).transpose(1, 2)) * self.scale
-        mixing = _softmax32(logits, dim=-1)  # [B, L, L], row i: how token i reads others
+        mixing = _softmax32(logits, dim=-1)  # [B, L+R, L+R], row i: how token i reads others
+        if ablation.mixing == "identity":
+            mixing = torch.eye(mixing.shape[-1], device=mixing.device).expand_as(mixing)
+        elif ablation.mixing == "uniform":
+            mixing = torch.full_like(mixing, 1 / mixing.shape[-1])
         tokens = tokens + torch.bmm(mixing.to(t.dtype), t)
         tokens = tokens + self.f2(F.relu(self.f1(self.norm2(tokens))))
-        return TransformerOutput(tokens, mixing)
+        return TransformerOutput(tokens[:, :n], mixing[:, :n, :n], mixing[:, :n, n:].sum(-1))
 
 
 class Projector(nn.Module):
     """Projector (Eq. 5): ``X_out = X + softmax_L((X W_Q)(T W_K)^T / sqrt(C)) (T W_V)``.
 
     Input X ``[B, HW, C]`` and tokens ``[B, L, C_T]``; output features ``[B, HW, C]``
-    and the assignment ``[B, HW, L]`` of each pixel over tokens.
+    and the assignment ``[B, HW, L]`` of each pixel over tokens. With ``null`` a learned
+    key with a zero value joins the softmax: a pixel can take no update.
     """
 
-    def __init__(self, channels: int, token_channels: int) -> None:
+    def __init__(self, channels: int, token_channels: int, null: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(token_channels)
         self.query = nn.Linear(channels, channels, bias=False)  # W_Q, C x C
         self.key = nn.Linear(token_channels, channels, bias=False)  # W_K, C_T x C
         self.value = nn.Linear(token_channels, channels, bias=False)  # C_T x C
+        self.null_key = nn.Parameter(torch.zeros(channels)) if null else None
         self.out_norm = nn.BatchNorm1d(channels)
         self.scale = channels**-0.5
 
     def forward(self, x: Tensor, tokens: Tensor) -> ProjectorOutput:
         t = self.norm(tokens)
-        logits = torch.bmm(self.query(x), self.key(t).transpose(1, 2)) * self.scale
-        assignment = _softmax32(logits, dim=-1)  # [B, HW, L]
-        update = torch.bmm(assignment.to(x.dtype), self.value(t))  # [B, HW, C]
+        keys = self.key(t)  # [B, L, C]
+        values = self.value(t)
+        n = keys.shape[1]
+        if self.null_key is not None:
+            keys = torch.cat([keys, self.null_key.to(keys.dtype).expand(len(keys), 1, -1)], 1)
+            values = torch.cat([values, values.new_zeros(len(values), 1, values.shape[-1])], 1)
+        logits = torch.bmm(self.query(x), keys.transpose(1, 2)) * self.scale
+        assignment = _softmax32(logits, dim=-1)  # [B, HW, L(+1)]
+        update = torch.bmm(assignment.to(x.dtype), values)  # [B, HW, C]
         update = self.out_norm(update.transpose(1, 2)).transpose(1, 2)
-        return ProjectorOutput(x + update, assignment)
+        return ProjectorOutput(x + update, assignment[..., :n])
 
 
 class VTModule(nn.Module):
@@ -222,27 +296,35 @@ class VTModule(nn.Module):
         token_channels: int,
         num_tokens: int,
         project: bool = True,
+        *,
+        registers: int = 0,
+        projector_null: bool = False,
+        static_filter: bool = True,
     ) -> None:
         super().__init__()
         if kind not in TOKENIZER_KINDS:
             raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {TOKENIZER_KINDS}")
         self.kind: TokenizerKind = kind
-        tokenizer_cls = FilterTokenizer if kind == "filter" else RecurrentTokenizer
-        self.tokenizer = tokenizer_cls(channels, token_channels, num_tokens)
-        self.transformer = TokenTransformer(token_channels)
-        self.projector = Projector(channels, token_channels) if project else None
+        self.tokenizer: FilterTokenizer | RecurrentTokenizer = (
+            FilterTokenizer(channels, token_channels, num_tokens) if kind == "filter"
+            else RecurrentTokenizer(channels, token_channels, num_tokens, static_filter))
+        self.transformer = TokenTransformer(token_channels, registers=registers)
+        self.projector = Projector(channels, token_channels, projector_null) if project else None
         # The module's output tokens pass through here: a named place for attribution methods
         # (Captum's layer methods) and token deletion to reach them. It computes nothing.
         self.token_probe = nn.Identity()
 
-    def forward(self, x: Tensor, tokens_in: Tensor | None = None) -> VTLayerOutput:
-        tok = self.tokenizer(x, tokens_in)
-        mixed = self.transformer(tok.tokens)
+    def forward(self, x: Tensor, tokens_in: Tensor | None = None,
+                ablation: Ablation = NO_ABLATION) -> VTLayerOutput:
+        tok = self.tokenizer(x, tokens_in, ablation)
+        mixed = self.transformer(tok.tokens, ablation)
         tokens = self.token_probe(mixed.tokens)
         if self.projector is None:
-            return VTLayerOutput(tok.attention, mixed.mixing, None, tokens, None)
+            return VTLayerOutput(tok.attention, mixed.mixing, mixed.to_registers, None, tokens, None)
         proj = self.projector(x, tokens)
-        return VTLayerOutput(tok.attention, mixed.mixing, proj.assignment, tokens, proj.features)
+        features = proj.features if ablation.projector else x
+        return VTLayerOutput(tok.attention, mixed.mixing, mixed.to_registers, proj.assignment,
+                             tokens, features)
 
 
 # --------------------------------------------------------------------------- ResNet parts
@@ -331,6 +413,9 @@ class ModelConfig:
     num_tokens: int = 16
     token_channels: int = 1024
     padding_mode: str = "reflect"
+    registers: int = 0  # learned register tokens in each token transformer
+    projector_null: bool = False  # a null slot in each projector's softmax
+    static_filter: bool = True  # the recurrent tokenizer's per-token filter W_0
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -369,8 +454,9 @@ class VTResNet(nn.Module):
         self.stem = ResNetStem(config.blocks, config.padding_mode)  # type: ignore[arg-type]
         n = len(config.tokenizers)
         self.vt_layers = nn.ModuleList(
-            VTModule(kind, self.feature_channels, config.token_channels, config.num_tokens,
-                     project=i < n - 1)  # type: ignore[arg-type]
+            VTModule(kind, self.feature_channels, config.token_channels, config.num_tokens,  # type: ignore[arg-type]
+                     project=i < n - 1, registers=config.registers,
+                     projector_null=config.projector_null, static_filter=config.static_filter)
             for i, kind in enumerate(config.tokenizers)
         )
         self.fc = nn.Linear(config.token_channels, config.num_classes)
@@ -381,8 +467,11 @@ class VTResNet(nn.Module):
         """Tokenizer kind per VT module, e.g. ``["filter", "recurrent"]``."""
         return list(self.config.tokenizers)
 
-    def explain(self, x: Tensor) -> VTOutput:
-        """Logits and every VT module's attention from one pass; ``x`` is ``[B, 3, H, W]``."""
+    def explain(self, x: Tensor, ablation: Ablation = NO_ABLATION) -> VTOutput:
+        """Logits and every VT module's attention from one pass; ``x`` is ``[B, 3, H, W]``.
+
+        ``ablation`` switches parts off for this pass only (see :class:`Ablation`).
+        """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an image batch [B, 3, H, W], got {list(x.shape)}")
         if x.shape[-1] < 32 or x.shape[-2] < 32:
@@ -393,7 +482,7 @@ class VTResNet(nn.Module):
         tokens: Tensor | None = None
         outputs = []
         for layer in self.vt_layers:
-            out = layer(feats, tokens)
+            out = layer(feats, tokens, ablation)
             outputs.append(out)
             tokens = out.tokens
             if out.features is not None:

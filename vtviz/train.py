@@ -51,12 +51,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import load_model, model_meta, resolve_device, save_model
-from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
+from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
+from .diagnostics import image_mixing
 from .evaluate import evaluate_arrays
 from .explain import autocast_for
-from .maps import mean_offdiagonal_cosine, nearest_token_cosine
+from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine
 from .meta import Fit, ModelMeta, Preprocess
-from .model import ModelConfig, VTResNet, build_model, count_parameters
+from .model import ModelConfig, RecurrentTokenizer, VTLayerOutput, VTResNet, build_model, count_parameters
 
 
 def parse_schedule(text: str) -> list[int]:
@@ -92,7 +93,7 @@ def _init_distributed(device: torch.device) -> Dist:
 
 
 class _Objective(nn.Module):
-    """Forward used for training: logits and every VT layer's tokenizer attention.
+    """Forward used for training: logits and every VT layer's output (attention, mixing, ...).
 
     A module of its own so that DistributedDataParallel sees one ``forward``.
     """
@@ -101,11 +102,50 @@ class _Objective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[VTLayerOutput, ...], tuple[int, int]]:
         if isinstance(self.model, VTResNet):
             out = self.model.explain(x)
-            return out.logits, [layer.attention for layer in out.layers]
-        return self.model(x), []
+            return out.logits, out.layers, out.map_size
+        return self.model(x), (), (0, 0)
+
+
+def _imbalance(share: Tensor) -> Tensor:
+    """``(L * sum(p^2) - 1) / (L - 1)`` of shares ``[B, L]`` summing to 1: 0 balanced, 1 one-hot."""
+    n = share.shape[-1]
+    return ((share * share).sum(-1) * n - 1).mean() / max(n - 1, 1)
+
+
+def balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
+    """Load balancing of the token transformer and the projector, averaged over their terms.
+
+    As the auxiliary loss of mixture-of-experts routers (Fedus et al., Switch Transformers):
+    the share of attention each token *receives* in the transformer (column means of the
+    mixing, registers out) and the share of pixels it takes in the projector (mean
+    assignment, null slot out) should not pile onto one token. The first trained models,
+    without it, had every token read one sink token and one token own 96-100% of the pixels.
+    """
+    terms = []
+    for out in layers:
+        terms.append(_imbalance(image_mixing(out.mixing).mean(1)))
+        if out.assignment is not None:
+            a = out.assignment.float()
+            terms.append(_imbalance((a / a.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)))
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def border_penalty(layers: Sequence[VTLayerOutput], map_size: tuple[int, int],
+                   allowed: float = 0.4) -> Tensor:
+    """Mean excess of each token's attention on the map's outer ring over ``allowed``.
+
+    Tokens that park on the border ("border sinks", > 0.5 of their mass on the ring) carry
+    no content; the first bundled models had 1.5-2.5 per image.
+    """
+    if not layers:
+        return torch.zeros(())
+    h, w = map_size
+    terms = [F.relu(border_mass(o.attention.view(*o.attention.shape[:2], h, w)) - allowed).mean()
+             for o in layers]
+    return torch.stack(terms).mean()
 
 
 def diversity_penalty(attentions: Sequence[Tensor]) -> Tensor:
@@ -198,6 +238,104 @@ def teacher_logits(data: ImageFolderData, cache_dir: Path | None, progress: bool
     return logits
 
 
+def _arch_changes(args: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if args.registers is not None:
+        changes["registers"] = args.registers
+    if args.projector_null is not None:
+        changes["projector_null"] = args.projector_null
+    return changes
+
+
+def dev_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a per-class random hold-out of ``fraction`` (dev) and the rest (train)."""
+    rng = np.random.default_rng(seed + 7919)
+    dev = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        dev += list(rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False))
+    dev_idx = np.sort(np.asarray(dev))
+    return np.setdiff1d(np.arange(len(labels)), dev_idx), dev_idx
+
+
+def evaluate_dev(model: nn.Module, data: ImageFolderData, dev_idx: np.ndarray, pre: Preprocess,
+                 sizes: Sequence[int] | None, progress: bool) -> dict[str, Any]:
+    """Top-1 on the dev split at each size; ``chosen_size`` is the best (smallest on ties)."""
+    sub = ImageFolderData(np.asarray(data.images)[dev_idx], data.labels[dev_idx], data.class_ids,
+                          data.classes, tuple(np.asarray(data.files, dtype=object)[dev_idx]))
+    results = {}
+    for size in sizes or [pre.size]:
+        ev = evaluate_arrays(model, sub, Preprocess(**{**pre.__dict__, "size": size}),
+                             progress=progress)
+        results[size] = ev
+    best = max(results, key=lambda k: (results[k]["top1"], -k))
+    return {"images": len(dev_idx), "chosen_size": best,
+            "top1_by_size": {str(k): v["top1"] for k, v in results.items()},
+            "token_stats": results[best].get("token_stats")}
+
+
+def _recurrent_tokenizers(model: nn.Module) -> list[RecurrentTokenizer]:
+    return [m for m in model.modules() if isinstance(m, RecurrentTokenizer)]
+
+
+def _set_static_gain(model: nn.Module, gain: float) -> None:
+    for tok in _recurrent_tokenizers(model):
+        tok.static_gain.fill_(gain)
+
+
+@torch.no_grad()
+def fit_dynamic_filters(model: nn.Module, data: ImageFolderData, idx: np.ndarray, pre: Preprocess,
+                        progress: bool, images: int = 768, ridge: float = 1e-2) -> None:
+    """Hand the recurrent maps from ``W_0`` to the token-dependent term, keeping the function.
+
+    For each recurrent tokenizer, ``W_T->R`` is refitted by ridge least squares so that
+    ``centre(LN(T_in)) W_T->R / sqrt(C)`` reproduces ``W_0 - mean_L(W_0)`` plus the current
+    dynamic term on ``images`` training images, and ``W_0`` is replaced by its mean over the
+    tokens (the part that centred tokens cannot produce; annealed away afterwards).
+    """
+    if not isinstance(model, VTResNet):
+        return
+    sel = np.sort(np.random.default_rng(0).choice(idx, size=min(images, len(idx)), replace=False))
+    inputs: dict[int, list[Tensor]] = {}
+    for start in range(0, len(sel), 64):
+        imgs = torch.from_numpy(np.asarray(data.images[sel[start:start + 64]]))
+        x = normalize_batch(resize_batch(imgs, pre.size), pre.mean, pre.std)
+        was = model.training
+        model.eval()
+        out = model.explain(x)
+        model.train(was)
+        for i, layer in enumerate(model.vt_layers):
+            if isinstance(layer.tokenizer, RecurrentTokenizer):
+                inputs.setdefault(i, []).append(out.layers[i - 1].tokens)
+    for i, chunks in inputs.items():
+        tok = model.vt_layers[i].tokenizer
+        assert isinstance(tok, RecurrentTokenizer) and tok.filters is not None
+        z = tok.norm(torch.cat(chunks))
+        z = z - z.mean(dim=1, keepdim=True)  # [N, L, C_T]
+        w0 = tok.filters.weight  # [L, C]
+        target = tok.token_to_filter(z) * tok.scale + (w0 - w0.mean(0, keepdim=True))  # [N, L, C]
+        zz = z.reshape(-1, z.shape[-1]).double()
+        yy = target.reshape(-1, target.shape[-1]).double() / tok.scale
+        gram = zz.T @ zz + ridge * len(zz) * torch.eye(zz.shape[1], dtype=zz.dtype)
+        m = torch.linalg.solve(gram, zz.T @ yy)  # [C_T, C]
+        fitted = (zz @ m) * tok.scale
+        r2 = 1 - ((fitted - yy * tok.scale) ** 2).sum() / ((yy * tok.scale - (yy * tok.scale).mean(0)) ** 2).sum()
+        tok.token_to_filter.weight.copy_(m.T.float())
+        tok.filters.weight.copy_(w0.mean(0, keepdim=True).expand_as(w0))
+        if progress:
+            print(f"fit-dynamic: layer {i}: R^2 {float(r2):.3f} on {len(sel)} images", file=sys.stderr)
+
+
+def _drop_static_filters(model: nn.Module, config: ModelConfig) -> tuple[nn.Module, ModelConfig]:
+    """After annealing ``W_0`` to 0, the same function without it (``static_filter=False``)."""
+    new_config = ModelConfig.from_dict({**config.to_dict(), "static_filter": False})
+    slim = build_model(new_config)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("tokenizer.filters.weight")
+             or not isinstance(model.get_submodule(k.rsplit(".", 2)[0]), RecurrentTokenizer)}
+    slim.load_state_dict(state)
+    return slim.to(next(model.parameters()).device), new_config
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run a training job described by the parsed command line; returns the final summary."""
     device = resolve_device(args.device)
@@ -217,14 +355,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     train_pre = Preprocess(size=args.cache_size or max(max(schedule), pre.size), fit=Fit.STRETCH)
     progress = d.main and not args.quiet
     train_data = read_image_folder(root / "train", train_pre, cache_dir=cache_dir, progress=progress)
+    soft = teacher_logits(train_data, cache_dir, progress) if args.teacher else None
+    dev_idx = None
+    if args.dev_fraction > 0:
+        train_idx, dev_idx = dev_split(train_data.labels, args.dev_fraction, args.seed)
+    else:
+        train_idx = np.arange(len(train_data))
     val_data = None
-    if (root / "val").is_dir():
+    if args.no_val:
+        pass
+    elif (root / "val").is_dir():
         val_data = read_image_folder(root / "val", pre, class_ids=train_data.class_ids,
                                      cache_dir=cache_dir, progress=progress)
     elif d.main:
         print(f"warning: {root / 'val'} not found: no evaluation during training; measure the "
               "checkpoint later with `vtviz evaluate MODEL --data VAL --record`", file=sys.stderr)
-    soft = teacher_logits(train_data, cache_dir, progress) if args.teacher else None
     if soft is not None:
         soft = soft.to(device)
 
@@ -237,15 +382,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{args.init}: its classes {list(init_meta.class_ids)[:5]} are not "
                              f"the data's {list(train_data.class_ids)[:5]}")
         config = init_meta.config
-        parent = {"checkpoint": str(args.init), "training": init_meta.training}
+        parent = {"checkpoint": Path(args.init).name, "training": init_meta.training}
+        changes = _arch_changes(args)
+        if changes:  # new parts (registers, null slot) start from their init, the rest loads
+            config = ModelConfig.from_dict({**config.to_dict(), **changes})
+            grown = build_model(config)
+            missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+            if unexpected:
+                raise ValueError(f"--init: the new architecture drops {unexpected[:4]}")
+            if d.main:
+                print(f"--init: new parameters {missing}", file=sys.stderr)
+            model = grown
     else:
         config = ModelConfig.from_dict({
             **build_model(ModelConfig(arch=args.arch)).config.to_dict(),
             "num_classes": len(train_data.class_ids),
             **({"tokenizers": tuple(args.tokenizers.split(","))} if args.tokenizers else {}),
-            "num_tokens": args.tokens, "padding_mode": args.padding,
+            "num_tokens": args.tokens, "padding_mode": args.padding, **_arch_changes(args),
         })
         model = build_model(config)
+    if args.fit_dynamic and d.main and not (args.resume and (out_dir / "last.pt").exists()):
+        fit_dynamic_filters(model, train_data, train_idx, pre, progress)
     model = model.to(device).to(memory_format=torch.channels_last)
     objective: nn.Module = _Objective(model)
     if d.world > 1:
@@ -253,7 +410,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.99), fused=device.type == "cuda" or None)
-    per_rank = len(train_data) // d.world
+    per_rank = len(train_idx) // d.world
     steps_per_epoch = per_rank // args.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {args.batch_size} exceeds the {per_rank} images per rank")
@@ -281,9 +438,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         size = schedule[epoch]
         t0 = time.time()
         gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same on every rank
-        order = torch.randperm(len(train_data), generator=gen)[d.rank:per_rank * d.world:d.world]
+        order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
+        order = order[d.rank:per_rank * d.world:d.world]
         model.train()
-        sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, diversity
+        sums = torch.zeros(5, device=device, dtype=torch.float64)  # loss, correct, div, balance, border
         seen = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{len(schedule)} @{size}px",
                    disable=not progress, unit="batch")
@@ -300,8 +458,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * _lr_factor(step, total_steps, warmup)
+            if args.anneal_static:
+                _set_static_gain(model, max(0.0, 1 - step / (args.anneal_static * steps_per_epoch)))
             with autocast_for(device, None if args.amp else False):
-                logits, attentions = objective(x)
+                logits, layers, map_size = objective(x)
             logits = logits.float()
             loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
             if soft is not None:
@@ -309,8 +469,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(soft[idx] / t, -1),
                               reduction="batchmean", log_target=True) * t * t
                 loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
-            div = diversity_penalty(attentions).to(loss.device)
-            total = loss + args.diversity * div
+            div = diversity_penalty([o.attention for o in layers]).to(loss.device)
+            bal = balance_penalty(layers).to(loss.device)
+            bor = border_penalty(layers, map_size).to(loss.device)
+            total = loss + args.diversity * div + args.balance * bal + args.border * bor
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -318,11 +480,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             n = len(y)
             # summed on the device: no host sync per step (it stalls a GPU)
             sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == y).sum().float(),
-                                 div.detach() * n]).to(sums)
+                                 div.detach() * n, bal.detach() * n, bor.detach() * n]).to(sums)
             seen += n
             if progress and (i % 20 == 19 or i == steps_per_epoch - 1):
                 mean = (sums / seen).tolist()
                 bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.3f}", div=f"{mean[2]:.3f}",
+                                bal=f"{mean[3]:.3f}", bor=f"{mean[4]:.3f}",
                                 ips=f"{seen * d.world / max(time.time() - t0, 1e-9):.0f}")
         if d.world > 1:  # BatchNorm statistics are per rank: average them
             for buf in model.buffers():
@@ -333,7 +496,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         wall += time.time() - t0
         record: dict[str, Any] = {
             "epoch": epoch + 1, "size": size, "loss": mean[0], "train_acc": mean[1],
-            "diversity": mean[2], "images_per_s": seen * d.world / (time.time() - t0),
+            "diversity": mean[2], "balance": mean[3], "border": mean[4],
+            "images_per_s": seen * d.world / (time.time() - t0),
         }
         last = epoch == len(schedule) - 1
         if d.main and val_data is not None and (
@@ -370,14 +534,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         dist.all_gather_object(gathered, fingerprints[0])
         fingerprints = gathered
     summary: dict[str, Any] = {}
+    dev_eval: dict[str, Any] | None = None
+    if d.main and dev_idx is not None:
+        dev_eval = evaluate_dev(model, train_data, dev_idx, pre, args.dev_sizes, progress)
+        if args.dev_sizes:
+            pre = Preprocess(**{**pre.__dict__, "size": dev_eval["chosen_size"]})
+    if args.anneal_static:
+        model, config = _drop_static_filters(model, config)
     if d.main:
         if start_epoch >= len(schedule) and val_data is not None:  # resumed a finished run
             final_eval = evaluate_arrays(model, val_data, pre, progress=False)
         summary = {
-            "data": {"root": str(root), "train_images": len(train_data),
+            "data": {"root": root.name, "train_images": len(train_idx),
+                     "dev_images": 0 if dev_idx is None else len(dev_idx),
                      "val_images": len(val_data) if val_data is not None else 0},
             "recipe": {k: v for k, v in vars(args).items()
-                       if k not in ("data", "out", "cache_dir", "quiet", "resume", "save_every", "func")
+                       if k not in ("data", "out", "cache_dir", "quiet", "resume", "save_every", "func",
+                                    "init")
                 and not (args.init and k in ("arch", "tokenizers", "tokens", "padding"))},
             "epochs": len(schedule),
             "wall_time_s": round(wall, 1),
@@ -387,6 +560,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "world_size": d.world,
             "ranks_identical": len(set(fingerprints)) == 1,
             "val": final_eval,
+            "dev": dev_eval,
             "history": history,
         }
         if parent is not None:
@@ -430,6 +604,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-scale", type=float, default=0.35, help="random-resized-crop min area")
     p.add_argument("--clip", type=float, default=2.0, help="gradient-norm clipping")
     p.add_argument("--diversity", type=float, default=0.5, help="token-map diversity penalty weight")
+    p.add_argument("--balance", type=float, default=0.0,
+                   help="load-balancing penalty on received attention and projector ownership")
+    p.add_argument("--border", type=float, default=0.0, help="penalty on attention on the map's border")
+    p.add_argument("--registers", type=int, default=None, help="register tokens per transformer")
+    p.add_argument("--projector-null", action=argparse.BooleanOptionalAction, default=None,
+                   help="a null slot in the projector's softmax")
+    p.add_argument("--anneal-static", type=float, default=0.0, metavar="EPOCHS",
+                   help="scale the recurrent tokenizer's per-token filter W_0 from 1 to 0 over "
+                        "EPOCHS, then remove it from the saved model")
+    p.add_argument("--fit-dynamic", action="store_true",
+                   help="before training, fit W_T->R by least squares so that the token-dependent "
+                        "filters reproduce W_0's per-token part (use with --anneal-static)")
+    p.add_argument("--dev-fraction", type=float, default=0.0,
+                   help="hold out this share of train/ (per class, by --seed) as a dev split")
+    p.add_argument("--dev-sizes", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                   help="evaluate the dev split at these sizes and keep the best as input size")
+    p.add_argument("--no-val", action="store_true", help="do not read val/ (measure it once, later)")
     p.add_argument("--teacher", choices=["efficientnet-lite0"], default=None)
     p.add_argument("--kd-weight", type=float, default=0.7)
     p.add_argument("--kd-temperature", type=float, default=2.0)

@@ -1,0 +1,213 @@
+"""Diagnostics of a VT model's token transformer, projector and tokenizers.
+
+They say when a view is meaningless: every token reading one "sink" token (the mixing
+matrix is one column, token-mixed maps are sixteen copies of one map), one token owning
+every pixel of the projector (the assignment partition is one colour), tokens parked at
+a fixed place whatever the image ("positional" tokens), tokens on the map's border, and
+tokens whose vectors are norm outliers ("high-norm" tokens, Darcet et al. 2023).
+
+Per-image quantities are computed on a batch of :class:`~vtviz.maps.TokenMaps`;
+:class:`DiagnosticsAccumulator` adds them up over a dataset (peak locations need many
+images: a token is positional when its peak hardly moves across them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .maps import LayerMaps, TokenMaps, border_mass, peak_positions
+
+#: A token owns a pixel when it has the largest assignment weight there; it is an
+#: "owner" when it owns at least this share of the pixels.
+OWNER_SHARE = 0.05
+#: A token receives "most" attention above this share of all attention (rows average).
+SINK_SHARE = 0.5
+#: Border sink: more than this share of a token's attention on the map's outer ring.
+BORDER_SHARE = 0.5
+#: Positional token: the mean distance of its peak to its dataset-mean peak, in cells of
+#: the token map, is below this. A token that follows content moves across photos by many
+#: cells (4.5 or more on Imagenette val for every token of the first bundled models); one
+#: cell is the resolution of the map itself.
+POSITIONAL_CELLS = 1.5
+#: High-norm token: its vector norm exceeds the image's median token norm by this factor.
+HIGH_NORM_FACTOR = 3.0
+
+
+def image_mixing(mixing: Tensor) -> Tensor:
+    """Rows of ``[B, L, L]`` token mixing renormalised over the image tokens (registers out)."""
+    m = mixing.float()
+    return m / m.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def received_attention(mixing: Tensor) -> Tensor:
+    """Share of all attention each token receives, ``[B, L, L]`` -> ``[B, L]`` (sums to 1).
+
+    Column means of the (renormalised) mixing matrix: 1/L each for uniform or identity
+    mixing, 1 for a sink token that every token reads.
+    """
+    return image_mixing(mixing).mean(dim=1)
+
+
+def distinct_targets(mixing: Tensor) -> Tensor:
+    """Number of distinct argmax targets among the rows of ``[B, L, L]`` mixing: ``[B]``."""
+    idx = mixing.argmax(-1).sort(-1).values  # [B, L]
+    return (idx[:, 1:] != idx[:, :-1]).sum(-1) + 1
+
+
+def ownership(assignment: Tensor) -> Tensor:
+    """Share of pixels each token owns (largest weight there): ``[B, L, h, w]`` -> ``[B, L]``."""
+    b, n = assignment.shape[:2]
+    owner = assignment.flatten(2).argmax(1)  # [B, hw]
+    counts = torch.zeros(b, n, device=assignment.device)
+    counts.scatter_add_(1, owner, torch.ones_like(owner, dtype=counts.dtype))
+    return counts / owner.shape[-1]
+
+
+def token_norm_ratio(tokens: Tensor) -> Tensor:
+    """Each token vector's norm over the image's median token norm: ``[B, L, C]`` -> ``[B, L]``."""
+    norms = tokens.float().norm(dim=-1)
+    return norms / norms.median(dim=-1, keepdim=True).values.clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class LayerDiagnostics:
+    """Diagnostics of one VT module over a set of images (means over images unless noted).
+
+    mixing_targets: distinct argmax targets of the token mixing per image (of L; 1 = all
+    read one token). max_received: largest share of attention one token receives, per
+    image. sink_tokens: tokens per image that receive more than half of all attention.
+    received: ``[L]`` mean share each token receives (1/L each when balanced).
+    to_registers: mean attention image tokens give the register tokens (None: no registers).
+    owners: tokens per image that own at least 5% of the pixels in the projector
+    (None: no projector). top_owner: the largest owner's share of the pixels.
+    border_sinks: tokens per image with more than half their attention on the outer ring.
+    high_norm: tokens per image whose vector norm is 3x the image's median or more.
+    positional: tokens whose peak stays within 1.5 cells (mean) of one place across the
+    images (needs several images; None for fewer than 8). peak_spread: ``[L]`` that mean
+    distance per token, in map cells.
+    """
+
+    kind: str
+    images: int
+    mixing_targets: float
+    max_received: float
+    sink_tokens: float
+    received: list[float]
+    to_registers: float | None
+    owners: float | None
+    top_owner: float | None
+    border_sinks: float
+    high_norm: float
+    positional: list[int] | None = None
+    peak_spread: list[float] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+    def warnings(self) -> list[str]:
+        """Plain-language warnings for views that these numbers make misleading."""
+        out = []
+        top = int(np.argmax(self.received))
+        if self.mixing_targets < 2 or self.max_received > SINK_SHARE:
+            out.append(f"token mixing is degenerate: on average the tokens read token {top} "
+                       f"({self.max_received:.0%} of all attention, {self.mixing_targets:.1f} "
+                       "distinct targets per image), so token-mixed maps are nearly one map")
+        if self.owners is not None and self.owners < 2:
+            out.append(f"one token owns {self.top_owner:.0%} of the pixels in the projector: "
+                       "the assignment partition is nearly one colour")
+        if self.positional:
+            out.append(f"token(s) {', '.join(map(str, self.positional))} sit at the same place "
+                       "on every image (positional): their maps do not follow content")
+        if self.border_sinks >= 1.5:
+            out.append(f"{self.border_sinks:.1f} tokens per image put most of their attention on "
+                       "the map's border")
+        return out
+
+    def within_targets(self) -> bool:
+        """The targets of the models issue: mixing, projector, positional and border tokens."""
+        ok = self.mixing_targets >= 6 and self.max_received <= SINK_SHARE
+        if self.owners is not None:
+            ok = ok and self.owners >= 4
+        if self.positional is not None:
+            ok = ok and len(self.positional) <= 1
+        return ok and self.border_sinks <= 1
+
+
+class DiagnosticsAccumulator:
+    """Running diagnostics over batches of :class:`TokenMaps` (call :meth:`update`, then
+    :meth:`result`). Peak positions are kept per image (``[N, L, 2]``, small)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[int, dict[str, Any]] = {}
+        self._kinds: dict[int, str] = {}
+        self._peaks: dict[int, list[Tensor]] = {}
+        self._count = 0
+
+    def update(self, maps: TokenMaps) -> None:
+        """Add one batch."""
+        for i, layer in enumerate(maps.layers):
+            per = per_image(layer)
+            acc = self._sums.setdefault(i, {})
+            for key, value in per.items():
+                acc[key] = acc.get(key, 0) + value.sum(0).double().cpu()
+            self._kinds[i] = layer.kind
+            self._peaks.setdefault(i, []).append(peak_positions(layer.attention).cpu())
+        self._count += maps.batch_size
+
+    def result(self) -> list[LayerDiagnostics]:
+        """Per-layer diagnostics over all images seen."""
+        n = max(self._count, 1)
+        out = []
+        for i in sorted(self._sums):
+            s = {k: (v / n) for k, v in self._sums[i].items()}
+            peaks = torch.cat(self._peaks[i]).float()  # [N, L, 2]
+            positional = spread = None
+            if len(peaks) >= 8:
+                spread_t = (peaks - peaks.mean(0, keepdim=True)).norm(dim=-1).mean(0)  # [L]
+                spread = [round(float(v), 3) for v in spread_t]
+                positional = [j for j, v in enumerate(spread) if v < POSITIONAL_CELLS]
+            out.append(LayerDiagnostics(
+                kind=self._kinds[i], images=self._count,
+                mixing_targets=float(s["targets"]), max_received=float(s["max_received"]),
+                sink_tokens=float(s["sinks"]),
+                received=[round(float(v), 4) for v in s["received"]],
+                to_registers=float(s["to_registers"]) if "to_registers" in s else None,
+                owners=float(s["owners"]) if "owners" in s else None,
+                top_owner=float(s["top_owner"]) if "top_owner" in s else None,
+                border_sinks=float(s["border_sinks"]), high_norm=float(s["high_norm"]),
+                positional=positional, peak_spread=spread,
+            ))
+        return out
+
+
+def per_image(layer: LayerMaps) -> dict[str, Tensor]:
+    """Per-image diagnostics of one layer, each ``[B]`` (``received``: ``[B, L]``)."""
+    received = received_attention(layer.token_mixing)
+    out = {
+        "targets": distinct_targets(layer.token_mixing).float(),
+        "received": received,
+        "max_received": received.amax(-1),
+        "sinks": (received > SINK_SHARE).float().sum(-1),
+        "border_sinks": (border_mass(layer.attention) > BORDER_SHARE).float().sum(-1),
+        "high_norm": (token_norm_ratio(layer.tokens) >= HIGH_NORM_FACTOR).float().sum(-1),
+    }
+    if layer.to_registers is not None:
+        out["to_registers"] = layer.to_registers.float().mean(-1)
+    if layer.assignment is not None:
+        owned = ownership(layer.assignment)
+        out["owners"] = (owned >= OWNER_SHARE).float().sum(-1)
+        out["top_owner"] = owned.amax(-1)
+    return out
+
+
+def diagnose(maps: TokenMaps) -> list[LayerDiagnostics]:
+    """Diagnostics of one batch of maps, per layer (positional tokens need >= 8 images)."""
+    acc = DiagnosticsAccumulator()
+    acc.update(maps)
+    return acc.result()
