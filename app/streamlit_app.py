@@ -18,7 +18,8 @@ from vtviz.errors import CheckpointError, VTVizError
 from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap
-from vtviz.session import ModelStore, Upload, content_hash, device_label, explain_upload
+from vtviz.runtime import device_label
+from vtviz.session import ModelStore, Upload, content_hash, explain_upload
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-r18-imagenette"
@@ -71,7 +72,7 @@ with sb.expander("Load another checkpoint"):
         st.session_state.ckpt_seen = content_hash(data)
         try:
             key = store().add_upload(data, ckpt.name)
-            label = f"uploaded: {views.safe_stem(ckpt.name, len(st.session_state.models))}"
+            label = f"uploaded: {len(st.session_state.models):02d}-{views.safe_stem(ckpt.name)}"
             st.session_state.models[label] = key
             st.success(f"Loaded {label}")
         except CheckpointError as exc:
@@ -137,7 +138,7 @@ if view == VIEWS[0]:
     c1, c2, c3 = st.columns(3)  # files are made when clicked, not on every rerun
     c1.download_button("Grid (PNG)", lambda: views.png_bytes(grid), "vtviz-grid.png", "image/png")
     c2.download_button("Overlays (ZIP)",
-                       lambda: views.overlays_zip(result, layer, tokens, kind, options, names),
+                       lambda: views.overlays_zip(result, layer, tokens, options, names),
                        "vtviz-overlays.zip", "application/zip")
     c3.download_button("Raw maps (NPZ)", lambda: views.maps_npz(result), "vtviz-maps.npz",
                        "application/octet-stream")

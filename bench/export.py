@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 import vtviz
-from vtviz.explain import autocast_for, model_device
 from vtviz.export import ExportOptions, _Decoded, _render_one, export
 from vtviz.image import fit_image, iter_image_files, load_image, to_tensor
+from vtviz.runtime import autocast_for, model_device
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import time
 import torch
 
 import vtviz
-from vtviz.explain import autocast_for, model_device
+from vtviz.runtime import autocast_for, model_device
 
 
 def main() -> None:

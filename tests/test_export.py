@@ -87,7 +87,12 @@ def test_export_folder_with_bad_inputs(tmp_path, checkpoint, rgb):
         assert [la["kind"] for la in r["layers"]] == ["filter", "recurrent"]
         assert len(r["layers"][0]["tokens"]) == 16
         token = r["layers"][0]["tokens"][3]
-        assert 0 <= token["entropy"] <= 1 and 0 < token["top10_share"] <= 1
+        assert 0 <= token["entropy"] <= 1 and 0 < token["top10"] <= 1
+        # the peak cell's centre, placed on the original photo through its geometry
+        w, h = r["size"]
+        assert 0 <= token["peak_xy"][0] <= w and 0 <= token["peak_xy"][1] <= h
+        raw0 = np.load(out / r["raw"])["layer0_attention"][3]
+        assert list(np.unravel_index(raw0.argmax(), raw0.shape)) == token["peak"]
         for rel in [token["file"], r["layers"][0]["grid"], r["layers"][1]["partition"], r["raw"]]:
             assert (out / rel).is_file()
         w, h = r["size"]

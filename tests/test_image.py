@@ -143,3 +143,20 @@ def test_iter_image_files(tmp_path, rgb):
     assert [f.name for f in files] == ["1.png", "2.JPG", "3.png"]
     with pytest.raises(FileNotFoundError):
         iter_image_files([tmp_path / "zzz*.png"])
+
+
+@pytest.mark.parametrize("fit", ["crop", "letterbox", "stretch"])
+def test_cell_to_original_inverts_the_geometry(fit):
+    from vtviz.image import fit_image
+    from vtviz.meta import Fit, Preprocess
+
+    img = np.zeros((120, 200, 3), np.uint8)
+    _, geo = fit_image(img, Preprocess(size=64, fit=Fit(fit)))
+    # the centre cell of a 4x4 map is the centre of the input; it maps to the photo's centre
+    # for every fit (all three are centred, up to the half input pixel of an integer crop)
+    x, y = geo.cell_to_original(1, 1, (4, 4))
+    cx, cy = geo.cell_to_original(2, 2, (4, 4))
+    tol = 0.51 / min(geo.scale)
+    assert (x + cx) / 2 == pytest.approx(100, abs=tol) and (y + cy) / 2 == pytest.approx(60, abs=tol)
+    # one cell is input_size / 4 input pixels, i.e. that over the scale in photo pixels
+    assert cx - x == pytest.approx(16 / geo.scale[1]) and cy - y == pytest.approx(16 / geo.scale[0])

@@ -73,6 +73,10 @@ def test_normalize_scales():
     assert shared[0, 0, 0, 0] == 1 and shared[0, 1, 1, 1] == 0.5 and shared[1, 0, 2, 2] == 0.25
     per_layer = normalize(a, Scale.PER_LAYER)
     assert per_layer[0, 1, 1, 1] == 0.5 and per_layer[1, 0, 2, 2] == 1
+    assert per_layer[0, 1, 0, 0] == 0  # zero stays zero (0..max), unlike per map
+    torch.testing.assert_close(normalize(a, Scale.ABSOLUTE), shared)
+    offset = normalize(a + 1, "shared")  # 0..max, not min..max: a constant floor is not hidden
+    assert offset.min() == pytest.approx(0.2)
     assert normalize(torch.ones(3, 3)).max() == 0  # flat map: no division by zero
 
 

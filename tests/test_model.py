@@ -7,9 +7,11 @@ import torch
 
 from vtviz.model import (
     FilterTokenizer,
+    ModelConfig,
     Projector,
     RecurrentTokenizer,
     TokenTransformer,
+    build_model,
     count_parameters,
     multiply_adds,
     resnet18,
@@ -114,8 +116,23 @@ def test_tokenizer_kinds_are_one_argument():
     assert vt_resnet34().tokenizer_kinds == ["filter", "recurrent", "recurrent"]
     with pytest.raises(ValueError, match="first VT module"):
         vt_resnet18(tokenizers=("recurrent", "filter"))
-    with pytest.raises(ValueError, match="unknown tokenizer kind"):
+    with pytest.raises(ValueError, match="each must be one of"):
         vt_resnet18(tokenizers=("filter", "pixel"))
+
+
+def test_config_is_checked_before_anything_is_allocated():
+    with pytest.raises(ValueError, match="num_tokens"):
+        ModelConfig(num_tokens=2_000_000)
+    with pytest.raises(ValueError, match="padding_mode"):
+        ModelConfig(padding_mode="circular")  # type: ignore[arg-type]
+
+
+def test_build_model_uses_every_config_field():
+    config = ModelConfig(arch="vt_resnet18", num_classes=3, blocks=(1, 1, 1), registers=2)
+    model = build_model(config)
+    assert model.config == config
+    assert len(model.stem.layer1) == 1 and len(model.stem.layer3) == 1
+    assert model.vt_layers[0].transformer.registers.shape[0] == 2
 
 
 def test_autocast_bfloat16_keeps_maps_float32():

@@ -15,13 +15,13 @@ from .checkpoint import (
     load_model,
     model_meta,
     read_checkpoint,
-    resolve_device,
     save_model,
 )
 from .errors import CheckpointError, ImageError, VTVizError
-from .explain import ImageMaps, explain_images, predict, token_maps, top_k
+from .explain import explain_images, predict, token_maps
 from .image import Geometry, load_image, maps_to_original, prepare
 from .maps import (
+    ImageMaps,
     LayerMaps,
     LayerStats,
     Scale,
@@ -29,17 +29,19 @@ from .maps import (
     layer_stats,
     normalize,
     normalized_entropy,
+    top_k,
     upsample,
 )
 from .meta import Fit, ModelMeta, Preprocess
-from .model import ModelConfig, VTResNet, build_model, resnet18, vt_resnet18, vt_resnet34
+from .model import Ablation, ModelConfig, VTResNet, build_model, resnet18, vt_resnet18, vt_resnet34
+from .runtime import device_label, resolve_device
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "Fit", "Geometry", "ImageError", "ImageMaps", "LayerMaps", "LayerStats",
+    "Ablation", "CheckpointError", "Fit", "Geometry", "ImageError", "ImageMaps", "LayerMaps", "LayerStats",
     "ModelConfig", "ModelMeta", "Preprocess", "Scale", "TokenMaps", "VTResNet", "VTVizError",
-    "attach_meta", "build_model", "explain_images", "layer_stats", "list_pretrained",
+    "attach_meta", "build_model", "device_label", "explain_images", "layer_stats", "list_pretrained",
     "load_image", "load_model", "maps_to_original", "model_meta", "normalize",
     "normalized_entropy", "predict", "prepare", "read_checkpoint", "resnet18",
     "resolve_device", "save_model", "token_maps", "top_k", "upsample", "vt_resnet18",

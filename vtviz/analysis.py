@@ -12,7 +12,7 @@ import html
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -21,18 +21,22 @@ from tqdm import tqdm
 
 from . import render, views
 from .checkpoint import model_meta
-from .explain import ImageMaps, explain_images, model_device, preprocess_for, token_maps
+from .explain import explain_images, preprocess_for, token_maps
 from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
-from .maps import TokenMaps, normalized_entropy, peak_positions, top_share
+from .maps import ImageMaps, TokenMaps, TokenStat, mass_regions, region_iou, spread, token_table
 from .model import VTResNet
 from .render import Colormap
+from .runtime import model_device
 from .views import MapKind, RenderOptions
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 # --------------------------------------------------------------------------- figures
 def show_tokens(model: nn.Module, images: Sequence[ImageSource], layer: int = 0,
                 tokens: Sequence[int] | None = None, kind: MapKind | str = MapKind.ATTENTION,
-                names: Sequence[str] | None = None, **render_options) -> Figure:  # noqa: F821
+                names: Sequence[str] | None = None, **render_options: Any) -> Figure:
     """The token x image grid (rows = tokens, columns = images) as a matplotlib Figure.
 
     ``render_options`` are :class:`~vtviz.views.RenderOptions` fields (colormap, alpha,
@@ -48,79 +52,14 @@ def show_tokens(model: nn.Module, images: Sequence[ImageSource], layer: int = 0,
 
 
 # --------------------------------------------------------------------------- statistics
-@dataclass(frozen=True)
-class TokenStat:
-    """Statistics of one token's map in one image and layer.
-
-    entropy: normalised entropy (1 = uniform, 0 = one pixel); peak: (row, col) map cell;
-    spread: root-mean-square distance of the attention from its centre of mass, in cells;
-    top10: share of attention in the top 10% of pixels; overlap: mean IoU of this token's
-    50%-mass region with the other tokens' regions.
-    """
-
-    image: int
-    layer: int
-    kind: str
-    token: int
-    entropy: float
-    peak: tuple[int, int]
-    spread: float
-    top10: float
-    overlap: float
-
-
-def spread(maps: Tensor) -> Tensor:
-    """RMS distance (in cells) of each map's mass from its centre of mass: ``[..., h, w]`` -> ``[...]``."""
-    p = maps.float()
-    p = p / p.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-    h, w = p.shape[-2:]
-    ys = torch.arange(h, dtype=torch.float32).view(h, 1)
-    xs = torch.arange(w, dtype=torch.float32).view(1, w)
-    cy = (p * ys).sum(dim=(-2, -1), keepdim=True)
-    cx = (p * xs).sum(dim=(-2, -1), keepdim=True)
-    return ((p * ((ys - cy) ** 2 + (xs - cx) ** 2)).sum(dim=(-2, -1))).sqrt()
-
-
-def mass_regions(maps: Tensor, mass: float = 0.5) -> Tensor:
-    """Bool masks of each map's smallest region holding ``mass`` of it: ``[..., h, w]``."""
-    flat = maps.float().flatten(-2)
-    vals, order = flat.sort(-1, descending=True)
-    cum = vals.cumsum(-1) / vals.sum(-1, keepdim=True).clamp_min(1e-12)
-    keep_sorted = (cum - vals / vals.sum(-1, keepdim=True).clamp_min(1e-12)) < mass
-    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    return keep.view(maps.shape)
-
-
-def region_iou(maps: Tensor, mass: float = 0.5) -> Tensor:
-    """IoU of every pair of tokens' ``mass`` regions: ``[B, L, h, w]`` -> ``[B, L, L]``."""
-    r = mass_regions(maps, mass).flatten(2).float()
-    inter = torch.bmm(r, r.transpose(1, 2))
-    area = r.sum(-1)
-    union = area[:, :, None] + area[:, None, :] - inter
-    return inter / union.clamp_min(1)
-
-
 def token_stats(maps: TokenMaps | ImageMaps, layers: Sequence[int] | None = None) -> list[TokenStat]:
-    """One :class:`TokenStat` per (image, layer, token): a pandas-free table.
+    """One :class:`~vtviz.maps.TokenStat` per (image, layer, token): :func:`vtviz.maps.token_table`.
 
-    (``[dataclasses.asdict(s) for s in stats]`` gives rows for any table library.)
+    With :class:`ImageMaps` the peaks are also placed on the original images (``peak_xy``).
     """
-    tm = maps.maps if isinstance(maps, ImageMaps) else maps
-    rows: list[TokenStat] = []
-    for li, layer in enumerate(tm.layers):
-        if layers is not None and li not in layers:
-            continue
-        a = layer.attention.float().cpu()
-        ent, peaks, spr, top = normalized_entropy(a), peak_positions(a), spread(a), top_share(a)
-        iou = region_iou(a)
-        n = a.shape[1]
-        mean_iou = (iou.sum(-1) - iou.diagonal(dim1=1, dim2=2)) / max(n - 1, 1)
-        for b in range(a.shape[0]):
-            for t in range(n):
-                rows.append(TokenStat(b, li, layer.kind, t, float(ent[b, t]),
-                                      (int(peaks[b, t, 0]), int(peaks[b, t, 1])), float(spr[b, t]),
-                                      float(top[b, t]), float(mean_iou[b, t])))
-    return rows
+    if isinstance(maps, ImageMaps):
+        return token_table(maps.maps, maps.geometries, layers)
+    return token_table(maps, None, layers)
 
 
 def map_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -260,7 +199,7 @@ class GalleryBuilder:
 
 
 def _iter_batches(sources: Sequence[ImageSource], batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
-    batch = []
+    batch: list[tuple[str, np.ndarray]] = []
     for s in sources:
         try:
             batch.append((str(s) if isinstance(s, (str, Path)) else f"image {len(batch)}", load_image(s)))
@@ -357,7 +296,8 @@ def class_token_profile(model: nn.Module, folder: str | Path, layer: int = 0, ba
     rows, counts = [], []
     for cdir in tqdm(class_dirs, desc="class profile", disable=not progress):
         files = iter_image_files([cdir])[:max_per_class]
-        total, n = None, 0
+        total: Tensor | None = None
+        n = 0
         for batch in _iter_batches(files, batch_size):
             x, _ = prepare([im for _, im in batch], pre)
             la = token_maps(model, x).cpu().layers[layer]
@@ -365,7 +305,7 @@ def class_token_profile(model: nn.Module, folder: str | Path, layer: int = 0, ba
             share = own.mean(dim=(-2, -1)).sum(0)  # [L]
             total = share if total is None else total + share
             n += x.shape[0]
-        if n:
+        if total is not None and n:
             rows.append((total / n).numpy())
             counts.append(n)
         else:
@@ -425,7 +365,7 @@ def token_attribution(model: VTResNet, image: ImageSource | Tensor, target: int 
     x = _one(model, image).float()
     tgt = _target(model, x, target)
     base = torch.zeros_like(x) if baseline is None else baseline.to(x)
-    probe = model.vt_layers[layer].token_probe
+    probe: nn.Module = model.vt_layers[layer].token_probe  # type: ignore[assignment]
     attr = LayerIntegratedGradients(model, probe).attribute(x, baselines=base, target=tgt, n_steps=steps)
     per_token = attr[0].sum(-1).detach()
     with torch.no_grad():
@@ -467,7 +407,7 @@ def token_deletion(model: VTResNet, image: ImageSource | Tensor, target: int | s
     model.eval()
     x = _one(model, image).float()
     tgt = _target(model, x, target)
-    probe = model.vt_layers[layer].token_probe
+    probe: nn.Module = model.vt_layers[layer].token_probe  # type: ignore[assignment]
     with torch.no_grad():
         full = float(model(x)[0, tgt])
         n = model.config.num_tokens

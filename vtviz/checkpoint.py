@@ -14,7 +14,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,20 +23,15 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 from .meta import ModelMeta
-from .model import build_model
+from .model import Model, ResNet, VTResNet, build_model
+from .runtime import resolve_device
 
+M = TypeVar("M", VTResNet, ResNet)
 FORMAT = "vtviz/1"
 SUFFIX = ".safetensors"
 #: Folder of bundled models; ``VTVIZ_PRETRAINED`` overrides it.
 PRETRAINED_DIR = Path(os.environ.get("VTVIZ_PRETRAINED",
                                      Path(__file__).resolve().parent.parent / "pretrained"))
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def list_pretrained(folder: Path | None = None) -> list[str]:
@@ -132,7 +127,7 @@ def _read_torch(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: holds no tensors")
-    return tensors, meta  # type: ignore[return-value]
+    return tensors, meta
 
 
 def read_checkpoint(
@@ -187,10 +182,10 @@ def check_state_dict(model: nn.Module, tensors: Mapping[str, Tensor], source: st
 
 def load_model(
     name_or_path: str | Path, device: str | torch.device = "auto", meta: ModelMeta | None = None
-) -> nn.Module:
+) -> Model:
     """Load a bundled model by name, or a checkpoint by path, in eval mode on ``device``.
 
-    The returned module carries its :class:`~vtviz.meta.ModelMeta` as ``model.meta``.
+    The returned model carries its :class:`~vtviz.meta.ModelMeta` in its ``meta`` field.
     Raises :class:`~vtviz.errors.CheckpointError` with the reason on any bad file.
     """
     tensors, meta, path = read_checkpoint(name_or_path, meta)
@@ -201,19 +196,19 @@ def load_model(
     check_state_dict(model, tensors, str(path))
     reference = model.state_dict()
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in tensors.items()})
-    model.meta = meta  # type: ignore[assignment]
+    model.meta = meta
     return model.to(resolve_device(device)).eval()
 
 
 def model_meta(model: nn.Module) -> ModelMeta:
-    """The metadata attached by :func:`load_model` (or :func:`attach_meta`)."""
-    meta = getattr(model, "meta", None)
-    if not isinstance(meta, ModelMeta):
+    """The metadata of a model loaded by :func:`load_model` (or given by :func:`attach_meta`)."""
+    meta = model.meta if isinstance(model, (VTResNet, ResNet)) else None
+    if meta is None:
         raise ValueError("model has no vtviz metadata: load it with vtviz.load_model or attach_meta")
     return meta
 
 
-def attach_meta(model: nn.Module, meta: ModelMeta) -> nn.Module:
-    """Attach ``meta`` to ``model`` (for models built in code rather than loaded)."""
-    model.meta = meta  # type: ignore[assignment]
+def attach_meta(model: M, meta: ModelMeta) -> M:
+    """Give a model built in code its metadata (the ``meta`` field); returns the model."""
+    model.meta = meta
     return model

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .checkpoint import model_meta
 from .data import ImageFolderData, normalize_batch, read_image_folder, resize_batch
-from .explain import autocast_for, model_device, token_maps
+from .explain import logits_of, token_maps
 from .maps import StatsAccumulator
 from .meta import Preprocess
 from .model import VTResNet
@@ -26,7 +26,6 @@ def evaluate_arrays(model: nn.Module, data: ImageFolderData, pre: Preprocess, *,
 
     ``data.images`` are uint8 ``[N, S, S, 3]``, resized to ``pre.size`` on the fly.
     """
-    device = model_device(model)
     n_cls = len(data.class_ids)
     conf = np.zeros((n_cls, n_cls), np.int64)
     top5 = 0
@@ -44,13 +43,11 @@ def evaluate_arrays(model: nn.Module, data: ImageFolderData, pre: Preprocess, *,
                 stats.update(maps)
                 logits = maps.logits.cpu()
             else:
-                with torch.inference_mode(), autocast_for(device, amp):
-                    logits = model(x.to(device).contiguous(memory_format=torch.channels_last))
-                logits = logits.float().cpu()
+                logits = logits_of(model, x, amp=amp).cpu()
             pred = logits.argmax(-1)
             np.add.at(conf, (labels.numpy(), pred.numpy()), 1)
             k = min(5, logits.shape[-1])
-            top5 += (logits.topk(k, -1).indices == labels[:, None]).any(-1).sum().item()
+            top5 += int((logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
     finally:
         model.train(was_training)
     total = int(conf.sum())

@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import multiprocessing.context
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -26,16 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import render
+from . import render, views
 from .checkpoint import model_meta
 from .errors import ImageError
-from .explain import preprocess_for, token_maps, top_k
-from .image import Geometry, fit_image, load_image, maps_to_original, to_tensor
-from .maps import LayerMaps, normalized_entropy, peak_positions, top_share
+from .explain import preprocess_for, token_maps
+from .image import Geometry, fit_image, load_image, to_tensor
+from .maps import ImageMaps, Scale, TokenMaps, token_table
 from .meta import Fit, Preprocess
 from .render import Colormap
 
@@ -50,7 +48,7 @@ class ExportOptions:
     """What to write for each image.
 
     layers/tokens: indices to export (None = all); colormap, alpha, contour (mass level or
-    None): overlay look; size: longer side of the pictures in pixels (None = original);
+    None): overlay look (see :attr:`render`); size: longer side of the pictures in pixels (None = original);
     fmt: png, jpg or webp; images: write pictures; raw: write ``maps.npz``;
     fit: override the model's preprocessing fit (e.g. letterbox).
     """
@@ -65,6 +63,11 @@ class ExportOptions:
     images: bool = True
     raw: bool = True
     fit: Fit | None = None
+
+    @property
+    def render(self) -> views.RenderOptions:
+        """The drawing options of the shared views (every map on its own range)."""
+        return views.RenderOptions(self.colormap, self.alpha, Scale.PER_MAP, self.contour)
 
 
 @dataclass
@@ -93,10 +96,10 @@ class ExportSummary:
 def safe_name(path: Path) -> str:
     """A collision-free, file-system-safe folder name for an input path.
 
-    The readable part keeps letters (unicode included), digits, ``.``, ``-`` and ``_`` of the
-    file's stem; an 8-hex hash of the full path tells apart equal names in other folders.
+    The readable part is :func:`vtviz.views.safe_stem` of the file name; an 8-hex hash of the
+    full path tells apart equal names in other folders.
     """
-    stem = re.sub(r"[^\w.-]+", "_", path.stem, flags=re.UNICODE).strip("._-")[:60] or "image"
+    stem = views.safe_stem(path.name)
     digest = hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{stem}-{digest}"
 
@@ -249,85 +252,45 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
                 pending.append(pool.submit(_decode, nxt[0], nxt[1], pre))
 
 
-def _layer_arrays(layer: LayerMaps, i: int) -> dict[str, np.ndarray]:
-    out = {f"layer{i}_attention": layer.attention.numpy(),
-           f"layer{i}_token_mixing": layer.token_mixing.numpy()}
-    if layer.assignment is not None:
-        out[f"layer{i}_assignment"] = layer.assignment.numpy()
-    return out
-
-
-def _render_one(item: _Decoded, logits: torch.Tensor, layers: list[tuple[int, LayerMaps]],
-                classes: Sequence[str], opts: ExportOptions, out_dir: Path) -> dict[str, Any]:
-    """Render and write all outputs of one image; returns its manifest record."""
+def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
+                out_dir: Path) -> dict[str, Any]:
+    """Draw (through :func:`vtviz.views.image_pictures`), encode and write all outputs of one
+    image whose maps are ``maps`` (batch of one); returns its manifest record."""
     assert item.image is not None and item.geometry is not None
     folder = safe_name(item.path)
+    one = ImageMaps([item.image], [item.geometry], maps, tuple(classes))
+    layers = [i for i in range(len(maps.layers)) if opts.layers is None or i in opts.layers]
     h0, w0 = item.image.shape[:2]
-    size = render.fit_size((h0, w0), opts.size)
-    base = render.resize_image(item.image, size) if opts.images else None
     record: dict[str, Any] = {
         "source": item.source, "status": "ok", "sha256": item.sha256, "size": [w0, h0],
         "output_dir": folder,
-        "top5": [{"class": c, "p": round(p, 4)} for c, p in top_k(logits[None], classes, 5)[0]],
+        "top5": [{"class": c, "p": round(p, 4)} for c, p in one.top_k(5)[0]],
         "layers": [],
     }
-    raw: dict[str, np.ndarray] = {"logits": logits.numpy()}
-    for i, layer in layers:
-        att = layer.attention[0]  # [L, h, w]
-        tokens = list(opts.tokens) if opts.tokens is not None else list(range(att.shape[0]))
-        tokens = [t for t in tokens if t < att.shape[0]]
-        peaks = peak_positions(att).tolist()
-        ent = normalized_entropy(att).tolist()
-        top = top_share(att).tolist()
-        (sy, sx), (oy, ox) = item.geometry.scale, item.geometry.offset
-        cell_h = item.geometry.input_size[0] / att.shape[-2]
-        cell_w = item.geometry.input_size[1] / att.shape[-1]
-        sub = f"{folder}/layer{i}-{layer.kind}"
-        entry: dict[str, Any] = {"layer": i, "kind": layer.kind, "tokens": []}
-        for t in tokens:
-            py, px = peaks[t]
-            entry["tokens"].append({
-                "token": t, "entropy": round(ent[t], 4), "peak": [py, px],
-                "peak_xy": [round(((px + 0.5) * cell_w - ox) / sx, 1),
-                            round(((py + 0.5) * cell_h - oy) / sy, 1)],
-                "top10_share": round(top[t], 4),
-            })
-        if opts.raw:
-            raw.update({k: v[0] for k, v in _layer_arrays(layer, i).items()})
-        if opts.images and base is not None:
-            full, mask = maps_to_original(att[tokens], item.geometry, size)
-            mask_np = mask.numpy()
-            overlays = render.overlay(base, full.numpy(), opts.colormap, opts.alpha, mask=mask_np,
-                                      contour=opts.contour)
-            for rec, img in zip(entry["tokens"], overlays):
-                rel = f"{sub}/token{rec['token']:02d}.{opts.fmt}"
-                atomic_write(out_dir / rel, render.encode(img, opts.fmt))
-                rec["file"] = rel
-            cell_size = render.fit_size(overlays.shape[1:3], min(GRID_CELL, max(overlays.shape[1:3])))
-            cells = [render.labelled(render.resize_image(img, cell_size), f"token {t}")
-                     for t, img in zip(tokens, overlays)]
-            title = f"{item.path.name} · layer {i} ({layer.kind})"
-            grid = render.tile(cells, columns=4, title=title, footer=render.colorbar(
-                opts.colormap, 0, 1, min(300, 4 * cell_size[1]), label="each map: min to max"))
-            entry["grid"] = f"{sub}/grid.{opts.fmt}"
-            atomic_write(out_dir / entry["grid"], render.encode(grid, opts.fmt))
-            weights = att  # ownership by tokenizer attention: trained projectors assign nearly uniformly
-            wfull, _ = maps_to_original(weights, item.geometry, size)
-            part = render.partition(base, wfull.numpy(), mask=mask_np)
-            leg = render.legend([f"token {t}" for t in range(weights.shape[0])],
-                                columns=max(1, min(8, part.shape[1] // 90)))
-            canvas = render.stack_vertical([part, leg])
-            entry["partition"] = f"{sub}/partition.{opts.fmt}"
+    table = token_table(maps, [item.geometry], layers)
+    pictures = {p.layer: p for p in views.image_pictures(
+        one, 0, layers, opts.tokens, opts.render, opts.size, title=item.path.name)} if opts.images else {}
+    for i in layers:
+        la = maps.layers[i]
+        wanted = range(la.num_tokens) if opts.tokens is None else opts.tokens
+        rows = {r.token: r.to_dict() for r in table if r.layer == i and r.token in wanted}
+        entry: dict[str, Any] = {"layer": i, "kind": la.kind, "tokens": [
+            {k: v for k, v in row.items() if k not in ("image", "layer", "kind")} for row in rows.values()]}
+        pics = pictures.get(i)
+        if pics is not None:
+            sub = f"{folder}/layer{i}-{la.kind}"
+            for rec, img in zip(entry["tokens"], pics.overlays):
+                rec["file"] = f"{sub}/token{rec['token']:02d}.{opts.fmt}"
+                atomic_write(out_dir / rec["file"], render.encode(img, opts.fmt))
+            for key, picture in (("grid", pics.grid), ("partition", pics.partition)):
+                if picture is not None:
+                    entry[key] = f"{sub}/{key}.{opts.fmt}"
+                    atomic_write(out_dir / entry[key], render.encode(picture, opts.fmt))
             entry["partition_by"] = "attention"
-            atomic_write(out_dir / entry["partition"], render.encode(canvas, opts.fmt))
         record["layers"].append(entry)
     if opts.raw:
-        import io
-
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **raw)
         record["raw"] = f"{folder}/maps.npz"
-        atomic_write(out_dir / record["raw"], buf.getvalue())
+        atomic_write(out_dir / record["raw"], views.npz_bytes({k: v[0] for k, v in views.raw_arrays(one).items()}))
     return record
 
 
@@ -361,7 +324,6 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                             world_size=world)
     part = out / PARTS / f"rank{rank:03d}-of-{world:03d}.jsonl"
     part.parent.mkdir(parents=True, exist_ok=True)
-    layer_ids = options.layers
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"export{f' rank {rank}' if world > 1 else ''}",
                unit="img", disable=not progress)
@@ -387,12 +349,8 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 return
             x = to_tensor([b.fitted for b in batch], pre)  # type: ignore[misc]
             maps = token_maps(model, x).cpu()
-            chosen = [i for i in range(len(maps.layers)) if layer_ids is None or i in layer_ids]
             for j, item in enumerate(batch):
-                own = maps.select(j)
-                one = [(i, own.layers[i]) for i in chosen]
-                pending.append(pool.submit(_render_one, item, maps.logits[j], one, meta.classes,
-                                           options, out))
+                pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out))
             batch.clear()
             drain(2 * writers)
 

@@ -159,6 +159,13 @@ class Geometry:
         (h, w), (sy, sx), (oy, ox) = self.original_size, self.scale, self.offset
         return oy, ox, oy + h * sy, ox + w * sx
 
+    def cell_to_original(self, row: int, col: int, map_size: tuple[int, int]) -> tuple[float, float]:
+        """(x, y) in original pixels of the centre of cell (row, col) of an ``[h, w]`` map."""
+        (ih, iw), (sy, sx), (oy, ox) = self.input_size, self.scale, self.offset
+        y = ((row + 0.5) * ih / map_size[0] - oy) / sy
+        x = ((col + 0.5) * iw / map_size[1] - ox) / sx
+        return x, y
+
     def visible_box(self) -> tuple[float, float, float, float]:
         """(y0, x0, y1, x1) of the part of the original the network saw, in original pixels."""
         (H, W), (sy, sx), (oy, ox) = self.input_size, self.scale, self.offset

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .image import Geometry
 from .model import VTOutput
 
 
@@ -94,14 +96,69 @@ class TokenMaps:
     def __iter__(self) -> Iterator[LayerMaps]:
         return iter(self.layers)
 
+    @staticmethod
+    def concat(parts: Sequence[TokenMaps]) -> TokenMaps:
+        """Join batches of the same model along the batch dimension."""
+        return _zip_tensors(parts, lambda ts: torch.cat(list(ts)))
 
-def _map_tensors(maps: TokenMaps, fn) -> TokenMaps:
-    layers = tuple(
-        replace(layer, **{f.name: fn(getattr(layer, f.name)) for f in fields(layer)
-                         if isinstance(getattr(layer, f.name), Tensor)})
-        for layer in maps.layers
+
+def _zip_tensors(parts: Sequence[TokenMaps], fn: Callable[[Sequence[Tensor]], Tensor]) -> TokenMaps:
+    """Apply ``fn`` to the matching tensors of several :class:`TokenMaps` (None stays None)."""
+    first = parts[0]
+    def joined(i: int, layer: LayerMaps) -> LayerMaps:
+        tensors: dict[str, Any] = {f.name: fn([getattr(p.layers[i], f.name) for p in parts])
+                                   for f in fields(layer) if isinstance(getattr(layer, f.name), Tensor)}
+        return replace(layer, **tensors)
+
+    layers = tuple(joined(i, layer) for i, layer in enumerate(first.layers)
     )
-    return TokenMaps(fn(maps.logits), layers, maps.input_size)
+    return TokenMaps(fn([p.logits for p in parts]), layers, first.input_size)
+
+
+def _map_tensors(maps: TokenMaps, fn: Callable[[Tensor], Tensor]) -> TokenMaps:
+    return _zip_tensors([maps], lambda ts: fn(ts[0]))
+
+
+@dataclass(frozen=True)
+class ImageMaps:
+    """Maps of a batch of images, with what is needed to draw them over the originals.
+
+    images: original RGB uint8 arrays ``[H_i, W_i, 3]``; geometries: where each sits in
+    the input; maps: :class:`TokenMaps` for the batch (on the CPU); classes: label names.
+    """
+
+    images: list[np.ndarray]
+    geometries: list[Geometry]
+    maps: TokenMaps
+    classes: tuple[str, ...]
+
+    def top_k(self, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (class, probability) per image."""
+        return top_k(self.maps.logits, self.classes, k)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def select(self, index: Sequence[int]) -> ImageMaps:
+        """The given images, in that order."""
+        idx = list(index)
+        return ImageMaps([self.images[i] for i in idx], [self.geometries[i] for i in idx],
+                         self.maps.select(idx), self.classes)
+
+    @staticmethod
+    def concat(parts: Sequence[ImageMaps]) -> ImageMaps:
+        """Join results of separate runs of the same model (images in order)."""
+        return ImageMaps([im for p in parts for im in p.images],
+                         [g for p in parts for g in p.geometries],
+                         TokenMaps.concat([p.maps for p in parts]), parts[0].classes)
+
+
+def top_k(logits: Tensor, classes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, softmax probability) for each row of ``[B, classes]`` logits."""
+    probs = logits.float().softmax(-1)
+    vals, idx = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return [[(classes[i] if i < len(classes) else str(i), float(v)) for v, i in zip(vr, ir)]
+            for vr, ir in zip(vals.tolist(), idx.tolist())]
 
 
 def from_output(out: VTOutput, kinds: Sequence[str], input_size: tuple[int, int],
@@ -135,11 +192,13 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 class Scale(str, enum.Enum):
-    """How maps are brought to [0, 1] for display.
+    """How maps are brought to [0, 1] for display (the one definition every view uses).
 
-    PER_MAP: each map on its own min..max. PER_LAYER: one range per image and layer
-    (all tokens of one image comparable). SHARED: one range for the whole tensor
-    (tokens comparable across images). ABSOLUTE: 0..max over everything, keeping zero.
+    PER_MAP: each map on its own min..max (shapes comparable, strengths not).
+    PER_LAYER: 0..max over all tokens of one image and layer (tokens of one image comparable).
+    SHARED: 0..max over everything drawn together (tokens comparable across images too).
+    ABSOLUTE: the same 0..max range as SHARED (kept as a name for old callers).
+    All but PER_MAP keep zero at zero: attention is a share of mass, 0 means none.
     """
 
     PER_MAP = "per_map"
@@ -150,6 +209,12 @@ class Scale(str, enum.Enum):
 
 def normalize(maps: Tensor, scale: Scale | str = Scale.PER_MAP, eps: float = 1e-12) -> Tensor:
     """Scale ``[B, L, h, w]`` (or ``[L, h, w]``, ``[h, w]``) maps into [0, 1] by ``scale``."""
+    return normalize_with_range(maps, scale, eps)[0]
+
+
+def normalize_with_range(maps: Tensor, scale: Scale | str = Scale.PER_MAP,
+                         eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+    """:func:`normalize`, also returning the upper ends of the ranges used (``hi``, broadcastable)."""
     scale = Scale(scale)
     x = maps.float()
     if scale is Scale.PER_MAP:
@@ -159,8 +224,8 @@ def normalize(maps: Tensor, scale: Scale | str = Scale.PER_MAP, eps: float = 1e-
     else:
         dims = tuple(range(x.ndim))
     hi = x.amax(dim=dims, keepdim=True)
-    lo = torch.zeros_like(hi) if scale is Scale.ABSOLUTE else x.amin(dim=dims, keepdim=True)
-    return ((x - lo) / (hi - lo).clamp_min(eps)).clamp(0, 1)
+    lo = x.amin(dim=dims, keepdim=True) if scale is Scale.PER_MAP else torch.zeros_like(hi)
+    return ((x - lo) / (hi - lo).clamp_min(eps)).clamp(0, 1), hi
 
 
 # --------------------------------------------------------------------------- statistics
@@ -234,6 +299,99 @@ def top_share(attention: Tensor, fraction: float = 0.1) -> Tensor:
 
 
 @dataclass(frozen=True)
+class TokenStat:
+    """Statistics of one token's map in one image and layer.
+
+    entropy: normalised entropy (1 = uniform, 0 = one pixel); peak: (row, col) map cell;
+    peak_xy: (x, y) of that cell's centre on the original image, in its pixels (None when
+    the geometry is unknown);
+    spread: root-mean-square distance of the attention from its centre of mass, in cells;
+    top10: share of attention in the top 10% of pixels; overlap: mean IoU of this token's
+    50%-mass region with the other tokens' regions.
+    """
+
+    image: int
+    layer: int
+    kind: str
+    token: int
+    entropy: float
+    peak: tuple[int, int]
+    peak_xy: tuple[float, float] | None
+    spread: float
+    top10: float
+    overlap: float
+
+    def to_dict(self, digits: int = 4) -> dict[str, Any]:
+        """A JSON-ready row (floats rounded to ``digits``)."""
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = round(v, digits)
+        if self.peak_xy is not None:
+            d["peak_xy"] = [round(v, 1) for v in self.peak_xy]
+        d["peak"] = list(self.peak)
+        return d
+
+
+def spread(maps: Tensor) -> Tensor:
+    """RMS distance (in cells) of each map's mass from its centre of mass: ``[..., h, w]`` -> ``[...]``."""
+    p = maps.float()
+    p = p / p.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    h, w = p.shape[-2:]
+    ys = torch.arange(h, dtype=torch.float32).view(h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, w)
+    cy = (p * ys).sum(dim=(-2, -1), keepdim=True)
+    cx = (p * xs).sum(dim=(-2, -1), keepdim=True)
+    return ((p * ((ys - cy) ** 2 + (xs - cx) ** 2)).sum(dim=(-2, -1))).sqrt()
+
+
+def mass_regions(maps: Tensor, mass: float = 0.5) -> Tensor:
+    """Bool masks of each map's smallest region holding ``mass`` of it: ``[..., h, w]``."""
+    flat = maps.float().flatten(-2)
+    vals, order = flat.sort(-1, descending=True)
+    cum = vals.cumsum(-1) / vals.sum(-1, keepdim=True).clamp_min(1e-12)
+    keep_sorted = (cum - vals / vals.sum(-1, keepdim=True).clamp_min(1e-12)) < mass
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return keep.view(maps.shape)
+
+
+def region_iou(maps: Tensor, mass: float = 0.5) -> Tensor:
+    """IoU of every pair of tokens' ``mass`` regions: ``[B, L, h, w]`` -> ``[B, L, L]``."""
+    r = mass_regions(maps, mass).flatten(2).float()
+    inter = torch.bmm(r, r.transpose(1, 2))
+    area = r.sum(-1)
+    union = area[:, :, None] + area[:, None, :] - inter
+    return inter / union.clamp_min(1)
+
+
+def token_table(maps: TokenMaps, geometries: Sequence[Geometry] | None = None,
+                layers: Sequence[int] | None = None) -> list[TokenStat]:
+    """The per-token statistics table: one :class:`TokenStat` per (image, layer, token).
+
+    Used by the export manifest, the app and :func:`vtviz.analysis.token_stats` alike.
+    ``geometries`` (one per image) place each peak on the original image (``peak_xy``).
+    (``[s.to_dict() for s in rows]`` gives rows for any table library.)
+    """
+    rows: list[TokenStat] = []
+    for li, layer in enumerate(maps.layers):
+        if layers is not None and li not in layers:
+            continue
+        a = layer.attention.float().cpu()
+        ent, peaks, spr, top = normalized_entropy(a), peak_positions(a), spread(a), top_share(a)
+        iou = region_iou(a)
+        n, h, w = a.shape[1:]
+        mean_iou = (iou.sum(-1) - iou.diagonal(dim1=1, dim2=2)) / max(n - 1, 1)
+        for b in range(a.shape[0]):
+            geo = geometries[b] if geometries is not None else None
+            for t in range(n):
+                row, col = int(peaks[b, t, 0]), int(peaks[b, t, 1])
+                xy = geo.cell_to_original(row, col, (h, w)) if geo is not None else None
+                rows.append(TokenStat(b, li, layer.kind, t, float(ent[b, t]), (row, col), xy,
+                                      float(spr[b, t]), float(top[b, t]), float(mean_iou[b, t])))
+    return rows
+
+
+@dataclass(frozen=True)
 class LayerStats:
     """Token statistics of one layer averaged over images (see :func:`layer_stats`)."""
 
@@ -277,7 +435,7 @@ class StatsAccumulator:
         """Per-layer means over all images seen."""
         n = max(self._count, 1)
         return [
-            LayerStats(self._kinds[i], *(float(v) / n for v in self._sums[i]), images=self._count)
+            LayerStats(self._kinds[i], *(float(v) / n for v in self._sums[i]), images=self._count)  # type: ignore[misc, arg-type]
             for i in sorted(self._sums)
         ]
 

@@ -46,8 +46,8 @@ class Preprocess:
         """Inverse of :meth:`to_dict`."""
         return cls(size=int(d["size"]), fit=Fit(d.get("fit", "stretch")),
                    crop_pct=float(d.get("crop_pct", 1.0)),
-                   mean=tuple(d.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-                   std=tuple(d.get("std", IMAGENET_STD)))  # type: ignore[arg-type]
+                   mean=tuple(d.get("mean", IMAGENET_MEAN)),
+                   std=tuple(d.get("std", IMAGENET_STD)))
 
 
 @dataclass(frozen=True)

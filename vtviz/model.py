@@ -47,14 +47,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from .meta import ModelMeta
+
 TokenizerKind = Literal["filter", "recurrent"]
-TOKENIZER_KINDS: tuple[str, ...] = ("filter", "recurrent")
+TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("filter", "recurrent")
+PaddingMode = Literal["zeros", "reflect"]
+PADDING_MODES: tuple[PaddingMode, ...] = ("zeros", "reflect")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -186,6 +191,7 @@ class RecurrentTokenizer(nn.Module):
         self.norm = nn.LayerNorm(token_channels)  # keeps W_R's scale steady across training
         self.token_to_filter = nn.Linear(token_channels, channels, bias=False)  # W_T->R
         self.filters = nn.Linear(channels, num_tokens, bias=False) if static_filter else None  # W_0
+        self.static_gain: Tensor
         self.register_buffer("static_gain", torch.ones(()), persistent=False)
         self.value = nn.Linear(channels, token_channels, bias=False)  # W_V
         self.scale = channels**-0.5
@@ -328,7 +334,6 @@ class VTModule(nn.Module):
 
 
 # --------------------------------------------------------------------------- ResNet parts
-PaddingMode = Literal["zeros", "reflect"]
 
 
 def _conv3x3(cin: int, cout: int, stride: int, padding_mode: PaddingMode) -> nn.Conv2d:
@@ -404,26 +409,49 @@ class ResNetStem(nn.Module):
 # --------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild an architecture (stored in every checkpoint)."""
+    """Everything needed to rebuild an architecture (stored in every checkpoint).
+
+    Values are checked on construction (:meth:`validate`), before any weight is allocated.
+    """
 
     arch: str = "vt_resnet18"
     num_classes: int = 1000
     blocks: tuple[int, ...] = (2, 2, 2)
-    tokenizers: tuple[str, ...] = ("filter", "recurrent")
+    tokenizers: tuple[TokenizerKind, ...] = ("filter", "recurrent")
     num_tokens: int = 16
     token_channels: int = 1024
-    padding_mode: str = "reflect"
+    padding_mode: PaddingMode = "reflect"
     registers: int = 0  # learned register tokens in each token transformer
     projector_null: bool = False  # a null slot in each projector's softmax
     static_filter: bool = True  # the recurrent tokenizer's per-token filter W_0
     extra: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError for values no model can be built from (or only at absurd cost)."""
+        if any(k not in TOKENIZER_KINDS for k in self.tokenizers):
+            raise ValueError(f"tokenizers {list(self.tokenizers)}: each must be one of {TOKENIZER_KINDS}")
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode {self.padding_mode!r}: expected one of {PADDING_MODES}")
+        limits = {"num_classes": (1, 100_000), "num_tokens": (1, 1024), "token_channels": (8, 8192),
+                  "registers": (0, 64)}
+        for name, (lo, hi) in limits.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} = {value!r}: expected an integer in {lo}..{hi}")
+        if not self.blocks or any(not isinstance(b, int) or not 1 <= b <= 64 for b in self.blocks):
+            raise ValueError(f"blocks {list(self.blocks)}: expected 1..64 blocks per stage")
+        if len(self.tokenizers) > 16:
+            raise ValueError(f"{len(self.tokenizers)} VT modules: at most 16")
+
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
@@ -450,11 +478,14 @@ class VTResNet(nn.Module):
             raise ValueError("a VT-ResNet needs at least one VT module")
         if config.tokenizers[0] != "filter":
             raise ValueError("the first VT module must use a filter tokenizer (it has no tokens in)")
+        if len(config.blocks) != 3:
+            raise ValueError(f"a VT-ResNet has 3 ResNet stages, config.blocks is {list(config.blocks)}")
         self.config = config
-        self.stem = ResNetStem(config.blocks, config.padding_mode)  # type: ignore[arg-type]
+        self.meta: ModelMeta | None = None  # set by vtviz.load_model / attach_meta
+        self.stem = ResNetStem(config.blocks, config.padding_mode)
         n = len(config.tokenizers)
         self.vt_layers = nn.ModuleList(
-            VTModule(kind, self.feature_channels, config.token_channels, config.num_tokens,  # type: ignore[arg-type]
+            VTModule(kind, self.feature_channels, config.token_channels, config.num_tokens,
                      project=i < n - 1, registers=config.registers,
                      projector_null=config.projector_null, static_filter=config.static_filter)
             for i, kind in enumerate(config.tokenizers)
@@ -463,7 +494,7 @@ class VTResNet(nn.Module):
         _init_weights(self)
 
     @property
-    def tokenizer_kinds(self) -> list[str]:
+    def tokenizer_kinds(self) -> list[TokenizerKind]:
         """Tokenizer kind per VT module, e.g. ``["filter", "recurrent"]``."""
         return list(self.config.tokenizers)
 
@@ -501,15 +532,18 @@ class ResNet(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if len(config.blocks) != 4:
+            raise ValueError(f"a ResNet has 4 stages, config.blocks is {list(config.blocks)}")
         self.config = config
+        self.meta: ModelMeta | None = None  # set by vtviz.load_model / attach_meta
         pad = config.padding_mode
-        self.stem = ResNetStem(config.blocks[:3], pad)  # type: ignore[arg-type]
-        self.layer4 = _stage(256, 512, config.blocks[3], 2, pad)  # type: ignore[arg-type]
+        self.stem = ResNetStem(config.blocks[:3], pad)
+        self.layer4 = _stage(256, 512, config.blocks[3], 2, pad)
         self.fc = nn.Linear(512, config.num_classes)
         _init_weights(self)
 
     @property
-    def tokenizer_kinds(self) -> list[str]:
+    def tokenizer_kinds(self) -> list[TokenizerKind]:
         """A plain ResNet has no tokenizers."""
         return []
 
@@ -521,41 +555,43 @@ class ResNet(nn.Module):
 Model = VTResNet | ResNet
 
 
-def vt_resnet18(**kwargs) -> VTResNet:
+def vt_resnet18(**kwargs: Any) -> VTResNet:
     """VT-ResNet-18: ResNet-18 stages 1-3 and two VT modules (filter, recurrent).
 
     Keyword arguments override :class:`ModelConfig` fields (``num_classes``,
-    ``tokenizers``, ``num_tokens``, ``token_channels``, ``padding_mode``).
+    ``tokenizers``, ``num_tokens``, ``token_channels``, ``padding_mode``, ``registers``, ...).
     """
-    return VTResNet(ModelConfig(arch="vt_resnet18", blocks=(2, 2, 2), **kwargs))
+    kwargs.setdefault("blocks", (2, 2, 2))
+    return VTResNet(ModelConfig(arch="vt_resnet18", **kwargs))
 
 
-def vt_resnet34(**kwargs) -> VTResNet:
+def vt_resnet34(**kwargs: Any) -> VTResNet:
     """VT-ResNet-34: ResNet-34 stages 1-3 and three VT modules (filter, recurrent, recurrent)."""
     kwargs.setdefault("tokenizers", ("filter", "recurrent", "recurrent"))
-    return VTResNet(ModelConfig(arch="vt_resnet34", blocks=(3, 4, 6), **kwargs))
+    kwargs.setdefault("blocks", (3, 4, 6))
+    return VTResNet(ModelConfig(arch="vt_resnet34", **kwargs))
 
 
-def resnet18(**kwargs) -> ResNet:
+def resnet18(**kwargs: Any) -> ResNet:
     """Plain ResNet-18 baseline with the same padding choice as the VT models."""
     kwargs.setdefault("tokenizers", ())
-    return ResNet(ModelConfig(arch="resnet18", blocks=(2, 2, 2, 2), **kwargs))
+    kwargs.setdefault("blocks", (2, 2, 2, 2))
+    return ResNet(ModelConfig(arch="resnet18", **kwargs))
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+ARCHITECTURES: dict[str, Callable[..., Model]] = {
     "vt_resnet18": vt_resnet18,
     "vt_resnet34": vt_resnet34,
     "resnet18": resnet18,
 }
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Build the architecture named by ``config.arch`` with the config's settings."""
+def build_model(config: ModelConfig) -> Model:
+    """Build the architecture named by ``config.arch`` with every setting of the config."""
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; known: {sorted(ARCHITECTURES)}")
     kwargs = config.to_dict()
     kwargs.pop("arch")
-    kwargs.pop("blocks")
     return ARCHITECTURES[config.arch](**kwargs)
 
 

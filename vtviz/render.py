@@ -168,7 +168,7 @@ def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.55,
 
 # --------------------------------------------------------------------------- text, grids
 @lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1

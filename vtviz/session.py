@@ -9,22 +9,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .checkpoint import list_pretrained, load_model
-from .explain import ImageMaps, explain_images
+from .explain import explain_images
 from .image import MAX_PIXELS, load_image
+from .maps import ImageMaps
 from .meta import Fit
 
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "vtviz-uploads"
-
-
-def device_label(device: str | torch.device = "auto") -> str:
-    """``"GPU: <name>"`` or ``"CPU"`` for the device models load on."""
-    if str(device) in ("auto", "cuda") and torch.cuda.is_available():
-        return f"GPU: {torch.cuda.get_device_name(0)}"
-    return "CPU"
 
 
 class ModelStore:

@@ -50,14 +50,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import load_model, model_meta, resolve_device, save_model
+from .checkpoint import load_model, model_meta, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
 from .diagnostics import image_mixing
 from .evaluate import evaluate_arrays
-from .explain import autocast_for
 from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine
 from .meta import Fit, ModelMeta, Preprocess
-from .model import ModelConfig, RecurrentTokenizer, VTLayerOutput, VTResNet, build_model, count_parameters
+from .model import Model, ModelConfig, RecurrentTokenizer, VTLayerOutput, VTResNet, build_model, count_parameters
+from .runtime import autocast_for, resolve_device
 
 
 def parse_schedule(text: str) -> list[int]:
@@ -173,7 +173,8 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
@@ -326,7 +327,7 @@ def fit_dynamic_filters(model: nn.Module, data: ImageFolderData, idx: np.ndarray
             print(f"fit-dynamic: layer {i}: R^2 {float(r2):.3f} on {len(sel)} images", file=sys.stderr)
 
 
-def _drop_static_filters(model: nn.Module, config: ModelConfig) -> tuple[nn.Module, ModelConfig]:
+def _drop_static_filters(model: Model, config: ModelConfig) -> tuple[Model, ModelConfig]:
     """After annealing ``W_0`` to 0, the same function without it (``static_filter=False``)."""
     new_config = ModelConfig.from_dict({**config.to_dict(), "static_filter": False})
     slim = build_model(new_config)

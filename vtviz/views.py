@@ -15,13 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from . import render
-from .explain import ImageMaps
-from .image import maps_to_original
-from .maps import LayerMaps, Scale
+from .image import Geometry, maps_to_original
+from .maps import ImageMaps, LayerMaps, Scale, normalize_with_range, token_table
 from .render import Colormap
 
 
@@ -95,23 +93,35 @@ def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
     """Overlays ``[N_images, T, H, W, 3]``: each image fitted into a cell ``cell`` px wide
     whose height follows the images' median aspect (see :func:`cell_shape`).
 
-    With ``Scale.SHARED`` every map uses one range 0..max over all images and tokens shown
-    (returned as the second value; None for per-map scaling).
+    Maps are scaled by :func:`vtviz.maps.normalize` with ``options.scale`` over what is
+    drawn together; with ``Scale.SHARED`` the common upper end (0..max over all images and
+    tokens shown) is returned as the second value (None for the other scales).
     """
     cell = cell or options.cell
     idx = list(range(len(result.images))) if images is None else list(images)
-    maps = select_maps(result.maps.layers[layer], kind)[idx][:, list(tokens)]  # [N, T, h, w]
-    vmax = float(maps.max()) if Scale(options.scale) in (Scale.SHARED, Scale.ABSOLUTE) else None
+    unit, vmax = _scaled(result, layer, tokens, kind, options.scale, idx)
     shape = shape or cell_shape([result.images[i] for i in idx], cell)
     out = np.full((len(idx), len(tokens), *shape, 3), 255, np.uint8)
     for n, i in enumerate(idx):
         base, (y0, x0, h, w) = _letterbox(result.images[i], shape)
-        full, mask = maps_to_original(maps[n], result.geometries[i], (h, w))
-        drawn = render.overlay(base[y0:y0 + h, x0:x0 + w], full.numpy(), options.colormap,
-                               options.alpha, vmin=0.0 if vmax is not None else None, vmax=vmax,
-                               mask=mask.numpy(), contour=options.contour)
-        out[n, :, y0:y0 + h, x0:x0 + w] = drawn
+        out[n, :, y0:y0 + h, x0:x0 + w] = _draw(base[y0:y0 + h, x0:x0 + w], unit[n],
+                                                result.geometries[i], options)
     return out, vmax
+
+
+def _scaled(result: ImageMaps, layer: int, tokens: Sequence[int], kind: MapKind | str,
+            scale: Scale | str, idx: Sequence[int]) -> tuple[Tensor, float | None]:
+    """Maps ``[N, T, h, w]`` of the images ``idx`` in [0, 1] by ``scale``, and the shared max."""
+    maps = select_maps(result.maps.layers[layer], kind)[list(idx)][:, list(tokens)]
+    unit, hi = normalize_with_range(maps, scale)
+    return unit, float(hi.max()) if Scale(scale) in (Scale.SHARED, Scale.ABSOLUTE) else None
+
+
+def _draw(base: np.ndarray, unit: Tensor, geometry: Geometry, options: RenderOptions) -> np.ndarray:
+    """Overlays ``[T, H, W, 3]`` of unit maps ``[T, h, w]`` on ``base`` (the original, resized)."""
+    full, mask = maps_to_original(unit, geometry, base.shape[:2])
+    return render.overlay(base, full.numpy(), options.colormap, options.alpha, vmin=0.0, vmax=1.0,
+                          mask=mask.numpy(), contour=options.contour)
 
 
 def _scale_footer(options: RenderOptions, vmax: float | None, length: int,
@@ -155,7 +165,8 @@ def layer_grid(result: ImageMaps, image: int, tokens: Sequence[int],
         vmaxes.append(vmax)
     cells = [[per_layer[c][t] for c in range(len(layers))] for t in range(len(tokens))]
     labels = [layer_label(la, result.maps.layers[la]) for la in layers]
-    vmax = max(vmaxes) if all(v is not None for v in vmaxes) else None
+    known = [v for v in vmaxes if v is not None]
+    vmax = max(known) if len(known) == len(vmaxes) else None
     footer = _scale_footer(options, vmax, min(360, options.cell * len(layers)), kind)
     return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
                        title=name or _image_label(result, image, None), footer=footer)
@@ -190,8 +201,9 @@ def partition_view(result: ImageMaps, image: int, layer: int, size: int = 448,
     """Each pixel coloured by its owning token, with a legend: the argmax over tokens of the
     tokenizer attention (default) or of the projector assignment (``by="assignment"``)."""
     la = result.maps.layers[layer]
-    use_assignment = MapKind(by) is MapKind.ASSIGNMENT and la.assignment is not None
-    weights = (la.assignment if use_assignment else la.attention)[image]
+    chosen = la.assignment if MapKind(by) is MapKind.ASSIGNMENT else None
+    use_assignment = chosen is not None
+    weights = (chosen if chosen is not None else la.attention)[image]
     base = result.images[image]
     h, w = render.fit_size(base.shape[:2], size)
     full, mask = maps_to_original(weights, result.geometries[image], (h, w))
@@ -215,51 +227,113 @@ def mixing_view(result: ImageMaps, image: int, layer: int, cell: int = 18,
                        footer=footer)
 
 
-def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str, float | int]]:
-    """Per image: normalised entropy, peak cell, share in top 10% of pixels, for one token."""
-    from .maps import normalized_entropy, peak_positions, top_share
+def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str, object]]:
+    """Rows of :func:`vtviz.maps.token_table` for one token of one layer, one per image."""
+    return [row.to_dict() for row in token_table(result.maps, result.geometries, [layer])
+            if row.token == token]
 
-    a = result.maps.layers[layer].attention[:, token]  # [B, h, w]
-    ent, peaks, top = normalized_entropy(a), peak_positions(a), top_share(a)
-    return [{"image": i, "entropy": round(float(ent[i]), 3), "peak_row": int(peaks[i, 0]),
-             "peak_col": int(peaks[i, 1]), "top10_share": round(float(top[i]), 3)}
-            for i in range(a.shape[0])]
+
+# --------------------------------------------------------------------------- one image, all outputs
+@dataclass(frozen=True)
+class LayerPictures:
+    """Every picture of one layer of one image (what ``vtviz export`` writes and the app zips).
+
+    overlays: ``[T, H, W, 3]`` one overlay per token over the original image (longer side
+    capped by the caller's ``size``); grid: the tokens tiled with labels and a colour bar;
+    partition: each pixel coloured by its owning token, with a legend.
+    """
+
+    layer: int
+    kind: str
+    tokens: tuple[int, ...]
+    overlays: np.ndarray
+    grid: np.ndarray | None
+    partition: np.ndarray | None
+
+
+def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None = None,
+                   tokens: Sequence[int] | None = None, options: RenderOptions = RenderOptions(),
+                   size: int | None = None, title: str = "", sheets: bool = True) -> list[LayerPictures]:
+    """Token overlays, grid and partition of one image for each layer, from one drawing path.
+
+    ``size`` caps the longer side of the pictures (None: the original size); ``sheets``
+    False skips the grid and partition (overlays only, e.g. for a ZIP of overlays).
+    """
+    picked = range(len(result.maps.layers)) if layers is None else layers
+    src = result.images[image]
+    hw = render.fit_size(src.shape[:2], size)
+    base = render.resize_image(src, hw)
+    out = []
+    for li in picked:
+        la = result.maps.layers[li]
+        toks = tuple(t for t in (range(la.num_tokens) if tokens is None else tokens) if t < la.num_tokens)
+        unit, _ = _scaled(result, li, toks, MapKind.ATTENTION, options.scale, [image])
+        drawn = _draw(base, unit[0], result.geometries[image], options)
+        grid = part = None
+        if sheets:
+            grid = token_sheet(drawn, toks, f"{title} · {layer_label(li, la)}", options)
+            part = partition_view(result, image, li, size=max(hw))
+        out.append(LayerPictures(li, la.kind, toks, drawn, grid, part))
+    return out
+
+
+def token_sheet(overlays: np.ndarray, tokens: Sequence[int], title: str,
+                options: RenderOptions, cell: int = 256, columns: int = 4) -> np.ndarray:
+    """Overlays ``[T, H, W, 3]`` of one image tiled ``columns`` per row, labelled, with a colour bar."""
+    cell_size = render.fit_size(overlays.shape[1:3], min(cell, max(overlays.shape[1:3])))
+    cells = [render.labelled(render.resize_image(img, cell_size), f"token {t}")
+             for t, img in zip(tokens, overlays)]
+    footer = _scale_footer(options, None, min(300, columns * cell_size[1]), MapKind.ATTENTION)
+    return render.tile(cells, columns=columns, title=title, footer=footer)
 
 
 # --------------------------------------------------------------------------- downloads
-def safe_stem(name: str, index: int) -> str:
-    """A ZIP/file-system-safe name for an uploaded file: no folders, dots or odd characters."""
-    stem = re.sub(r"[^\w.-]+", "_", name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1], flags=re.UNICODE)
-    stem = stem.rsplit(".", 1)[0].strip("._-")[:60] or "image"
-    return f"{index:02d}-{stem}"
+def safe_stem(name: str) -> str:
+    """The file-system-safe readable part of a file name: its stem without folders, with
+    letters (unicode too), digits, ``.``, ``-`` and ``_`` only, at most 60 characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    return re.sub(r"[^\w.-]+", "_", stem, flags=re.UNICODE).strip("._-")[:60] or "image"
 
 
-def overlays_zip(result: ImageMaps, layer: int, tokens: Sequence[int], kind: MapKind | str,
-                 options: RenderOptions, names: Sequence[str]) -> bytes:
-    """ZIP of the overlays shown, named like the exporter's: ``NAME/layerI-KIND/tokenTT.png``."""
-    la = result.maps.layers[layer]
-    ov, _ = overlays(result, layer, tokens, kind, options)
+def overlays_zip(result: ImageMaps, layer: int, tokens: Sequence[int], options: RenderOptions,
+                 names: Sequence[str], size: int | None = None) -> bytes:
+    """ZIP of tokenizer-attention overlays at the photos' own size (capped by ``size``), drawn
+    and named as ``vtviz export`` writes them: ``NN-NAME/layerI-KIND/tokenTT.png``."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for n in range(ov.shape[0]):
-            folder = safe_stem(names[n] if n < len(names) else "image", n)
-            for j, t in enumerate(tokens):
-                zf.writestr(f"{folder}/layer{layer}-{la.kind}/{MapKind(kind).value}-token{t:02d}.png",
-                            render.encode(ov[n, j], "png"))
+        for n in range(len(result.images)):
+            folder = f"{n:02d}-{safe_stem(names[n] if n < len(names) else 'image')}"
+            (pics,) = image_pictures(result, n, [layer], tokens, options, size, sheets=False)
+            for t, img in zip(pics.tokens, pics.overlays):
+                zf.writestr(f"{folder}/layer{layer}-{pics.kind}/token{t:02d}.png", render.encode(img, "png"))
     return buf.getvalue()
 
 
-def maps_npz(result: ImageMaps) -> bytes:
-    """Raw float maps and logits of all images as ``.npz`` bytes (keys like the exporter's)."""
-    arrays: dict[str, np.ndarray] = {"logits": result.maps.logits.numpy()}
-    for i, la in enumerate(result.maps.layers):
+def raw_arrays(result: ImageMaps, images: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Raw float maps and logits of some images (all by default), keyed as in ``maps.npz``:
+    ``logits`` ``[N, classes]``, ``layer{i}_attention`` ``[N, L, h, w]``,
+    ``layer{i}_token_mixing`` ``[N, L, L]``, ``layer{i}_assignment`` ``[N, L, h, w]``."""
+    maps = result.maps if images is None else result.maps.select(list(images))
+    arrays: dict[str, np.ndarray] = {"logits": maps.logits.numpy()}
+    for i, la in enumerate(maps.layers):
         arrays[f"layer{i}_attention"] = la.attention.numpy()
         arrays[f"layer{i}_token_mixing"] = la.token_mixing.numpy()
         if la.assignment is not None:
             arrays[f"layer{i}_assignment"] = la.assignment.numpy()
+    return arrays
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Compressed ``.npz`` bytes of named arrays."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
+
+
+def maps_npz(result: ImageMaps) -> bytes:
+    """Raw float maps and logits of all images as ``.npz`` bytes (:func:`raw_arrays`)."""
+    return npz_bytes(raw_arrays(result))
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -285,26 +359,10 @@ def figure(image: np.ndarray, title: str = "", width: float | None = None):
 
 
 def select_images(result: ImageMaps, index: Sequence[int]) -> ImageMaps:
-    """The given images of a result, in that order."""
-    idx = list(index)
-    return ImageMaps([result.images[i] for i in idx], [result.geometries[i] for i in idx],
-                     result.maps.select(idx), result.classes)
+    """The given images of a result, in that order (:meth:`ImageMaps.select`)."""
+    return result.select(index)
 
 
 def concat(results: Sequence[ImageMaps]) -> ImageMaps:
-    """Join results of separate runs of the same model into one (images in order)."""
-    from .maps import TokenMaps
-
-    first = results[0].maps
-    layers = tuple(
-        LayerMaps(first.layers[i].kind,
-                  torch.cat([r.maps.layers[i].attention for r in results]),
-                  torch.cat([r.maps.layers[i].token_mixing for r in results]),
-                  None if first.layers[i].assignment is None
-                  else torch.cat([r.maps.layers[i].assignment for r in results]),
-                  torch.cat([r.maps.layers[i].tokens for r in results]))
-        for i in range(len(first.layers))
-    )
-    maps = TokenMaps(torch.cat([r.maps.logits for r in results]), layers, first.input_size)
-    return ImageMaps([im for r in results for im in r.images],
-                     [g for r in results for g in r.geometries], maps, results[0].classes)
+    """Join results of separate runs of the same model into one (:meth:`ImageMaps.concat`)."""
+    return ImageMaps.concat(results)
