@@ -143,3 +143,48 @@ def test_torchrun_two_ranks_identical_weights(tiny_folder, tmp_path):
     meta = vtviz.read_checkpoint(out / "tiny.safetensors")[1]
     assert meta.training["world_size"] == 2
     assert meta.training["ranks_identical"] is True
+
+
+def test_schedule_and_config_from_the_command_line():
+    from vtviz.train import TrainConfig, add_arguments, parse_schedule
+
+    assert parse_schedule("128:2,160:1") == [128, 128, 160]
+    with pytest.raises(ValueError):
+        parse_schedule("")
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = TrainConfig.from_namespace(p.parse_args(["--data", "d", "--out", "o", "--dev-sizes", "224,256",
+                                                   "--registers", "4", "--init", "x.safetensors"]))
+    assert cfg.dev_sizes == (224, 256) and cfg.registers == 4
+    recipe = cfg.recipe()
+    assert "data" not in recipe and "init" not in recipe and "arch" not in recipe  # no paths
+    assert recipe["registers"] == 4
+
+
+def test_data_cache_follows_a_changed_file(tmp_path):
+    """Same count, same first and last names: a changed middle file must not be served stale."""
+    from vtviz.data import read_image_folder
+    from vtviz.meta import Preprocess
+
+    root = tmp_path / "d" / "c0"
+    root.mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(np.full((16, 16, 3), 10 * i, np.uint8)).save(root / f"{i}.png")
+    pre = Preprocess(size=16)
+    first = read_image_folder(tmp_path / "d", pre, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    Image.fromarray(np.full((16, 16, 3), 250, np.uint8)).save(root / "4.png")
+    os.utime(root / "4.png", ns=(1, 1))
+    again = read_image_folder(tmp_path / "d", pre, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert first.images[4].mean() == 40 and again.images[4].mean() == 250
+
+
+def test_dev_split_is_per_class_and_disjoint():
+    from vtviz.train import dev_split
+
+    labels = np.repeat([0, 1, 2], [10, 20, 30])
+    train_idx, dev_idx = dev_split(labels, 0.1, seed=0)
+    assert np.bincount(labels[dev_idx]).tolist() == [1, 2, 3]
+    assert not set(train_idx) & set(dev_idx) and len(train_idx) + len(dev_idx) == 60
+    np.testing.assert_array_equal(dev_split(labels, 0.1, seed=0)[1], dev_idx)  # reproducible

@@ -85,24 +85,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import os
-
     from .export import ExportOptions, export, iter_inputs, parse_indices
+    from .runtime import close_distributed, init_distributed
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, barrier, device = 0, None, args.device
+    d, device = init_distributed(args.device)
+    rank, world, barrier = d.rank, d.world, None
     if world > 1:
-        import torch
         import torch.distributed as dist
 
-        use_cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank = dist.get_rank()
         barrier = dist.barrier
-        if use_cuda:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        elif args.device == "auto":
-            device = "cpu"
     try:
         inputs = iter_inputs(args.inputs)
         model = load_model(args.model, device=device)
@@ -116,10 +107,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                          progress=not args.quiet and rank == 0, rank=rank, world=world,
                          barrier=barrier, model_name=args.model)
     finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        close_distributed(d)
     if rank == 0 and not args.quiet:
         print(json.dumps({k: v for k, v in summary.__dict__.items() if k != "failures"}))
         for failure in summary.failures:

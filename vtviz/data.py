@@ -87,7 +87,7 @@ def read_image_folder(root: str | Path, pre: Preprocess, *, class_ids: Sequence[
             files += [str(p) for p in found]
             labels += [label] * len(found)
     key = hashlib.sha1(json.dumps([str(root.resolve()), pre.size, pre.fit.value, pre.crop_pct,
-                                   len(files), files[:3], files[-3:]]).encode()).hexdigest()[:16]
+                                   _listing(files)]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{root.name}-{pre.size}-{key}" if cache_dir else None
     if cache is not None and (cache / "images.npy").exists():
         images = np.load(cache / "images.npy", mmap_mode="r")
@@ -102,6 +102,15 @@ def read_image_folder(root: str | Path, pre: Preprocess, *, class_ids: Sequence[
             os.replace(tmp, cache / "images.npy")
     return ImageFolderData(np.asarray(images), np.asarray(labels, np.int64)[kept], tuple(ids),
                            tuple(names), tuple(np.asarray(files, dtype=object)[kept]))
+
+
+def _listing(files: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Every file's name, size and modification time: a cache key that changes with the data."""
+    out = []
+    for f in files:
+        st = os.stat(f)
+        out.append((f, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def _decode_all(files: list[str], pre: Preprocess, workers: int | None, progress: bool,
