@@ -105,11 +105,20 @@ def test_show_tokens_figure(small_model, rgb):
     assert picture.shape[0] > 3 * 100 and picture.shape[2] == 3
 
 
-def test_token_attribution_completeness(small_model, rgb):
+def test_token_attribution_matches_the_closed_form_of_a_linear_head(small_model, rgb):
+    """The logits are linear in the last layer's tokens (``fc(mean_L(T))``), so Integrated
+    Gradients on them is known exactly: ``a_k = w_c . (T_k - T_k^base) / L``."""
     ta = analysis.token_attribution(small_model, rgb, target=2, layer=-1, steps=16)
     assert ta.attributions.shape == (16,) and ta.target == 2 and ta.layer == 1
-    assert ta.attributions.sum() == pytest.approx(ta.logit - ta.baseline_logit, abs=1e-4 + abs(ta.delta))
-    assert abs(ta.delta) < 1e-3
+    x = analysis._one(small_model, rgb).float()
+    with torch.no_grad():
+        tokens = small_model.explain(x).layers[-1].tokens[0]
+        base = small_model.explain(torch.zeros_like(x)).layers[-1].tokens[0]
+        w = small_model.fc.weight[2]
+        expected = ((tokens - base) @ w / tokens.shape[0]).numpy()
+    np.testing.assert_allclose(ta.attributions, expected, rtol=1e-4, atol=1e-5)
+    assert ta.attributions.sum() == pytest.approx(ta.logit - ta.baseline_logit, abs=1e-4)
+    assert abs(ta.delta) < 1e-4
 
 
 def test_pixel_attribution_shapes(small_model, rgb):

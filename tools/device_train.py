@@ -1,7 +1,7 @@
 """Train vtviz's Imagenette models on a lent GPU machine inside a fixed time budget.
 
 This is how the bundled models' GPU phase was run (one 15-minute lease on one H200, see
-``pretrained/README.md``); on a GPU box of your own, run ``vtviz train`` directly.
+``vtviz/pretrained/README.md``); on a GPU box of your own, run ``vtviz train`` directly.
 
 Run from the repo root with ``PYTHONPATH=.``. The lease carries at most 64 MiB, so the data
 come packed in ``SRC`` (default ``.gpu/``): ``train.bin`` (Imagenette's train JPEGs re-encoded

@@ -29,13 +29,13 @@ from .runtime import resolve_device
 M = TypeVar("M", VTResNet, ResNet)
 FORMAT = "vtviz/1"
 SUFFIX = ".safetensors"
-#: Folder of bundled models; ``VTVIZ_PRETRAINED`` overrides it.
-PRETRAINED_DIR = Path(os.environ.get("VTVIZ_PRETRAINED",
-                                     Path(__file__).resolve().parent.parent / "pretrained"))
+#: Folder of bundled models: ``vtviz/pretrained`` (package data, so it is there in an
+#: installed wheel too); the ``VTVIZ_PRETRAINED`` environment variable names another folder.
+PRETRAINED_DIR = Path(os.environ.get("VTVIZ_PRETRAINED", Path(__file__).resolve().parent / "pretrained"))
 
 
 def list_pretrained(folder: Path | None = None) -> list[str]:
-    """Names of the models bundled in ``pretrained/`` (loadable by :func:`load_model`)."""
+    """Names of the models bundled in ``vtviz/pretrained/`` (loadable by :func:`load_model`)."""
     folder = Path(folder or PRETRAINED_DIR)
     return sorted(p.name[: -len(SUFFIX)] for p in folder.glob(f"*{SUFFIX}"))
 

@@ -1,6 +1,6 @@
 """Training VT models on an image folder: ``vtviz train`` / ``python -m vtviz.train``.
 
-Recipe (measured on Imagenette; see ``pretrained/README.md``):
+Recipe (measured on Imagenette; see ``vtviz/pretrained/README.md``):
 
 * data decoded once into a uint8 cache, augmented on whole batches (random-resized crop
   by ``roi_align``, horizontal flip);

@@ -1,0 +1,98 @@
+"""Views (what users see): scales, round trips, downloads and fallbacks, on constructed maps."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from vtviz import views
+from vtviz.image import Geometry
+from vtviz.maps import ImageMaps, LayerMaps, Scale, TokenMaps
+from vtviz.render import Colormap
+
+H = W = 4
+L = 3
+
+
+def _result(n: int = 2, last_has_projector: bool = False) -> ImageMaps:
+    """n grey 64x64 photos; token 0 peaks at cell (1, 1) with strength 1 in image 0, 2 in image 1."""
+    att = torch.full((n, L, H, W), 0.01)
+    for b in range(n):
+        att[b, 0, 1, 1] = b + 1.0
+    att = att / att.sum((-2, -1), keepdim=True) * (torch.arange(n, dtype=torch.float32) + 1).view(n, 1, 1, 1)
+    mixing = torch.eye(L).expand(n, L, L)
+    assignment = torch.softmax(torch.randn(n, L, H, W), 1)
+    layers = (LayerMaps("filter", att, mixing, assignment, torch.randn(n, L, 8)),
+              LayerMaps("recurrent", att.flip(-1), mixing, assignment if last_has_projector else None,
+                        torch.randn(n, L, 8)))
+    geo = Geometry((64, 64), (64, 64), (1.0, 1.0), (0.0, 0.0))
+    images = [np.full((64, 64, 3), 128, np.uint8) for _ in range(n)]
+    return ImageMaps(images, [geo] * n, TokenMaps(torch.randn(n, 5), layers, (64, 64)),
+                     tuple(f"c{i}" for i in range(5)))
+
+
+def _opts(scale: Scale) -> views.RenderOptions:
+    return views.RenderOptions(Colormap.HOT, alpha=1.0, scale=scale, cell=64)
+
+
+def test_shared_scale_keeps_strengths_comparable_across_images():
+    res = _result()
+    shared, vmax = views.overlays(res, 0, [0], options=_opts(Scale.SHARED))
+    per_map, none = views.overlays(res, 0, [0], options=_opts(Scale.PER_MAP))
+    assert vmax == pytest.approx(float(res.maps.layers[0].attention[:, 0].max())) and none is None
+    change = [np.abs(shared[i, 0].astype(int) - 128).sum() for i in range(2)]
+    assert change[1] > 1.5 * change[0]  # the stronger map is drawn stronger
+    same = [np.abs(per_map[i, 0].astype(int) - 128).sum() for i in range(2)]
+    assert same[0] == pytest.approx(same[1], rel=0.02)  # each map on its own range: alike
+
+
+def test_per_layer_scale_is_one_range_per_image():
+    res = _result()
+    unit, _ = views._scaled(res, 0, [0, 1, 2], "attention", Scale.PER_LAYER, [0, 1])
+    assert float(unit[0].max()) == 1.0 and float(unit[1].max()) == 1.0
+    assert float(unit[0, 1].max()) < 0.1  # a weak token stays weak beside a strong one
+
+
+def test_select_concat_round_trip():
+    res = _result(3)
+    back = ImageMaps.concat([res.select([0]), res.select([1, 2])])
+    for a, b in zip(back.maps.layers, res.maps.layers):
+        torch.testing.assert_close(a.attention, b.attention)
+        torch.testing.assert_close(a.token_mixing, b.token_mixing)
+        assert (a.assignment is None) == (b.assignment is None)
+    torch.testing.assert_close(back.maps.logits, res.maps.logits)
+    assert [g for g in back.geometries] == res.geometries and len(back) == 3
+
+
+def test_overlays_zip_entries_are_named_like_the_exporter():
+    res = _result()
+    data = views.overlays_zip(res, 1, [0, 2], _opts(Scale.PER_MAP), ["a/b/photo one.jpg", "x.png"])
+    names = sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert names == ["00-photo_one/layer1-recurrent/token00.png", "00-photo_one/layer1-recurrent/token02.png",
+                     "01-x/layer1-recurrent/token00.png", "01-x/layer1-recurrent/token02.png"]
+    from PIL import Image
+
+    img = Image.open(zipfile.ZipFile(io.BytesIO(data)).open(names[0]))
+    assert img.size == (64, 64)  # the photo's own size, not a thumbnail
+
+
+def test_assignment_on_a_layer_without_projector_falls_back_to_attention():
+    res = _result()
+    with pytest.raises(ValueError, match="no projector"):
+        views.select_maps(res.maps.layers[1], "assignment")
+    grid = views.layer_grid(res, 0, [0], kind="assignment", options=_opts(Scale.PER_MAP))
+    attention_only = views.layer_grid(res, 0, [0], kind="attention", options=_opts(Scale.PER_MAP))
+    # the second column (last layer) is drawn from attention in both
+    assert grid.shape == attention_only.shape
+    right = slice(grid.shape[1] // 2 + 40, grid.shape[1])
+    np.testing.assert_array_equal(grid[40:100, right], attention_only[40:100, right])
+
+
+def test_safe_stem():
+    assert views.safe_stem("../../etc/pass wd.png") == "pass_wd"
+    assert views.safe_stem("C:\\\\Users\\\\me\\\\ünï.jpeg") == "ünï"
+    assert views.safe_stem("...") == "image"
