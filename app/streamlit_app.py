@@ -79,7 +79,8 @@ with sb.expander("Load another checkpoint"):
             st.error(f"Not a usable vtviz model, kept the previous one. {exc}")
 model_labels = list(st.session_state.models)
 if not model_labels:
-    st.error("No model: put a checkpoint in vtviz/pretrained/ (or set VTVIZ_PRETRAINED to a folder) or upload one in the sidebar.")
+    st.error("No model: put a checkpoint in vtviz/pretrained/ (or set VTVIZ_PRETRAINED to a folder) "
+             "or upload one in the sidebar.")
     st.stop()
 default = model_labels.index(DEFAULT_MODEL) if DEFAULT_MODEL in model_labels else 0
 model_label = sb.selectbox("Model", model_labels, index=default)
