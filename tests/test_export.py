@@ -88,6 +88,8 @@ def test_export_folder_with_bad_inputs(tmp_path, checkpoint, rgb):
         assert len(r["layers"][0]["tokens"]) == 16
         token = r["layers"][0]["tokens"][3]
         assert 0 <= token["entropy"] <= 1 and 0 < token["top10"] <= 1
+        assert [d["kind"] for d in r["diagnostics"]] == ["filter", "recurrent"]
+        assert 1 <= r["diagnostics"][0]["mixing_targets"] <= 16 and "owners" in r["diagnostics"][0]
         # the peak cell's centre, placed on the original photo through its geometry
         w, h = r["size"]
         assert 0 <= token["peak_xy"][0] <= w and 0 <= token["peak_xy"][1] <= h

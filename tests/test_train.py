@@ -74,6 +74,19 @@ def test_smoke_train_resume_evaluate(tiny_folder, tmp_path, capsys):
     assert set(result["per_class"]) == {"red", "blue"}
     assert np.array(result["confusion"]).sum() == 12
     assert [s["kind"] for s in result["token_stats"]] == ["filter", "recurrent"]
+    assert [d["kind"] for d in result["diagnostics"]] == ["filter", "recurrent"]
+    assert 1 <= result["diagnostics"][0]["mixing_targets"] <= 16
+
+    # ablations: each switch is reported, with the maps' correlation to the intact ones
+    assert cli(["evaluate", str(full / "tiny.safetensors"), "--data", str(tiny_folder / "val"), "--ablate"]) == 0
+    out = capsys.readouterr()
+    ablations = json.loads(out.out)["ablations"]
+    assert set(ablations) == {"mixing identity", "mixing uniform", "no transformer", "no projector",
+                              "recurrent W_T->R zeroed"}
+    # the filter layer comes before the recurrent term: zeroing that term leaves it exactly as it was
+    assert ablations["recurrent W_T->R zeroed"]["attention_correlation"][0] == pytest.approx(1.0)
+    assert ablations["mixing identity"]["attention_correlation"][0] == pytest.approx(1.0)
+    assert "layer 0 (filter):" in out.err and "ablation 'no projector'" in out.err
 
 
 def test_train_without_val_then_record_evaluation(tiny_folder, tmp_path, capsys):

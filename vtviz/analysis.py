@@ -23,7 +23,7 @@ from . import render, views
 from .checkpoint import model_meta
 from .explain import explain_images, preprocess_for, token_maps
 from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
-from .maps import ImageMaps, TokenMaps, TokenStat, mass_regions, region_iou, spread, token_table
+from .maps import ImageMaps, TokenMaps, TokenStat, map_correlation, mass_regions, region_iou, spread, token_table
 from .model import VTResNet
 from .render import Colormap
 from .runtime import model_device
@@ -60,15 +60,6 @@ def token_stats(maps: TokenMaps | ImageMaps, layers: Sequence[int] | None = None
     if isinstance(maps, ImageMaps):
         return token_table(maps.maps, maps.geometries, layers)
     return token_table(maps, None, layers)
-
-
-def map_correlation(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation of corresponding maps: ``[..., h, w]`` x2 -> ``[...]``."""
-    x = a.float().flatten(-2)
-    y = b.float().flatten(-2)
-    x = x - x.mean(-1, keepdim=True)
-    y = y - y.mean(-1, keepdim=True)
-    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-12)
 
 
 def _flip(x: Tensor) -> Tensor:

@@ -75,13 +75,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.record and args.size not in (None, model_meta(model).preprocess.size):
         raise CheckpointError("--record stores the accuracy at the model's own input size: drop --size")
     result = evaluate(model, args.data, size=args.size, batch_size=args.batch_size,
-                      confusion=args.confusion, cache_dir=args.cache_dir, progress=not args.quiet)
+                      confusion=args.confusion, cache_dir=args.cache_dir, progress=not args.quiet,
+                      ablate=args.ablate)
+    if not args.quiet:
+        print(_evaluation_text(result), file=sys.stderr)
     if args.record:
         path = record_evaluation(args.model, {**result, "data": str(args.data)})
         print(f"recorded in {path}", file=sys.stderr)
     result["model"] = args.model
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _evaluation_text(result: dict) -> str:
+    """A few readable lines: accuracy, each layer's diagnostics and warnings, ablations."""
+    from .diagnostics import LayerDiagnostics
+
+    lines = [f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  ({result['images']} images, "
+             f"{result['input_size']} px)"]
+    for i, d in enumerate(result.get("diagnostics", [])):
+        diag = LayerDiagnostics(**d)
+        owners = "" if diag.owners is None else f", {diag.owners:.1f} projector owners >= 5%"
+        lines.append(f"layer {i} ({diag.kind}): {diag.mixing_targets:.1f} mixing targets, max received "
+                     f"{diag.max_received:.2f}{owners}, {diag.border_sinks:.2f} border sinks, "
+                     f"positional {diag.positional or 'none'}")
+        lines += [f"  warning: {w}" for w in diag.warnings()]
+    for name, ab in result.get("ablations", {}).items():
+        lines.append(f"ablation '{name}': top-1 {ab['top1']:.4f} ({ab['top1_change']:+.4f}), "
+                     f"map correlation {ab['attention_correlation']}")
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -145,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--confusion", action="store_true", help="include the confusion matrix")
+    p.add_argument("--ablate", action="store_true",
+                   help="also top-1 and map correlation with parts switched off (transformer "
+                        "attention identity/uniform, no transformer, no projector, recurrent "
+                        "token-dependent term zeroed)")
     p.add_argument("--record", action="store_true",
                    help="store the result in the checkpoint's training summary (its 'val')")
     p.add_argument("--cache-dir", default=None, help="cache decoded images here")

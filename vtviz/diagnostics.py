@@ -211,3 +211,25 @@ def diagnose(maps: TokenMaps) -> list[LayerDiagnostics]:
     acc = DiagnosticsAccumulator()
     acc.update(maps)
     return acc.result()
+
+
+def image_diagnostics(maps: TokenMaps) -> list[list[dict[str, Any]]]:
+    """Per image, per layer: the per-image diagnostics as JSON-ready dicts (the export
+    manifest's ``diagnostics``): mixing targets, the most-read token and its share, projector
+    owners and the top owner's share, border sinks, high-norm tokens."""
+    per_layer = [per_image(layer) for layer in maps.layers]
+    out = []
+    for b in range(maps.batch_size):
+        rows = []
+        for layer, per in zip(maps.layers, per_layer):
+            row: dict[str, Any] = {
+                "kind": layer.kind, "mixing_targets": int(per["targets"][b]),
+                "most_read_token": int(per["received"][b].argmax()),
+                "max_received": round(float(per["max_received"][b]), 4),
+                "border_sinks": int(per["border_sinks"][b]), "high_norm": int(per["high_norm"][b]),
+            }
+            if "owners" in per:
+                row.update(owners=int(per["owners"][b]), top_owner=round(float(per["top_owner"][b]), 4))
+            rows.append(row)
+        out.append(rows)
+    return out

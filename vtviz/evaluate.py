@@ -8,69 +8,109 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import model_meta
 from .data import ImageFolderData, normalize_batch, read_image_folder, resize_batch
+from .diagnostics import DiagnosticsAccumulator
 from .explain import logits_of, token_maps
-from .maps import StatsAccumulator
+from .maps import StatsAccumulator, TokenMaps, map_correlation
 from .meta import Preprocess
-from .model import VTResNet
+from .model import Ablation, VTResNet
+
+#: The ablations ``vtviz evaluate --ablate`` runs, by name (see :class:`~vtviz.model.Ablation`).
+ABLATIONS: dict[str, Ablation] = {
+    "mixing identity": Ablation(mixing="identity"),
+    "mixing uniform": Ablation(mixing="uniform"),
+    "no transformer": Ablation(mixing="skip"),
+    "no projector": Ablation(projector=False),
+    "recurrent W_T->R zeroed": Ablation(recurrent_dynamic=False),
+}
+
+
+class _AblationTally:
+    """Accuracy of an ablated model and the correlation of its maps with the intact ones."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.corr: dict[int, float] = {}
+        self.images = 0
+
+    def update(self, maps: TokenMaps, intact: TokenMaps, labels: Tensor) -> None:
+        self.correct += int((maps.logits.argmax(-1).cpu() == labels).sum())
+        for i, (a, b) in enumerate(zip(maps.layers, intact.layers)):
+            self.corr[i] = self.corr.get(i, 0.0) + float(map_correlation(a.attention, b.attention).mean(-1).sum())
+        self.images += len(labels)
+
+    def result(self, top1: float) -> dict[str, Any]:
+        n = max(self.images, 1)
+        return {"top1": self.correct / n, "top1_change": self.correct / n - top1,
+                "attention_correlation": [round(v / n, 4) for _, v in sorted(self.corr.items())]}
 
 
 def evaluate_arrays(model: nn.Module, data: ImageFolderData, pre: Preprocess, *,
                     batch_size: int = 100, confusion: bool = False, progress: bool = True,
-                    amp: bool | None = None) -> dict[str, Any]:
-    """Top-1/top-5, per-class accuracy and (VT models) per-layer token statistics.
+                    amp: bool | None = None, ablate: bool = False) -> dict[str, Any]:
+    """Top-1/top-5, per-class accuracy and (VT models) per-layer token statistics and
+    diagnostics (:mod:`vtviz.diagnostics`); with ``ablate``, top-1 and the tokenizer maps'
+    correlation with the intact ones under each of :data:`ABLATIONS` that applies.
 
     ``data.images`` are uint8 ``[N, S, S, 3]``, resized to ``pre.size`` on the fly.
     """
     n_cls = len(data.class_ids)
     conf = np.zeros((n_cls, n_cls), np.int64)
     top5 = 0
-    stats = StatsAccumulator()
-    was_training = model.training
-    model.eval()
-    try:
-        for start in tqdm(range(0, len(data), batch_size), desc="evaluate", disable=not progress,
-                          unit="batch"):
-            imgs = torch.from_numpy(np.array(data.images[start:start + batch_size]))
-            labels = torch.from_numpy(data.labels[start:start + batch_size])
-            x = normalize_batch(resize_batch(imgs, pre.size), pre.mean, pre.std)
-            if isinstance(model, VTResNet):
-                maps = token_maps(model, x, amp=amp)
-                stats.update(maps)
-                logits = maps.logits.cpu()
-            else:
-                logits = logits_of(model, x, amp=amp).cpu()
-            pred = logits.argmax(-1)
-            np.add.at(conf, (labels.numpy(), pred.numpy()), 1)
-            k = min(5, logits.shape[-1])
-            top5 += int((logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
-    finally:
-        model.train(was_training)
+    stats, diags = StatsAccumulator(), DiagnosticsAccumulator()
+    vt = model if isinstance(model, VTResNet) else None
+    ablations = {k: a for k, a in ABLATIONS.items() if vt is not None and _applies(vt, a)} if ablate else {}
+    tallies = {k: _AblationTally() for k in ablations}
+    for start in tqdm(range(0, len(data), batch_size), desc="evaluate", disable=not progress, unit="batch"):
+        imgs = torch.from_numpy(np.array(data.images[start:start + batch_size]))
+        labels = torch.from_numpy(data.labels[start:start + batch_size])
+        x = normalize_batch(resize_batch(imgs, pre.size), pre.mean, pre.std)
+        if vt is not None:
+            maps = token_maps(vt, x, amp=amp)
+            stats.update(maps)
+            diags.update(maps)
+            logits = maps.logits.cpu()
+            for name, ablation in ablations.items():
+                tallies[name].update(token_maps(vt, x, amp=amp, ablation=ablation), maps, labels)
+        else:
+            logits = logits_of(model, x, amp=amp).cpu()
+        np.add.at(conf, (labels.numpy(), logits.argmax(-1).numpy()), 1)
+        k = min(5, logits.shape[-1])
+        top5 += int((logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
     total = int(conf.sum())
-    per_class = {name: float(conf[i, i] / max(conf[i].sum(), 1))
-                 for i, name in enumerate(data.classes)}
     result: dict[str, Any] = {
         "images": total,
         "top1": float(np.trace(conf) / max(total, 1)),
         "top5": float(top5 / max(total, 1)),
-        "per_class": per_class,
+        "per_class": {name: float(conf[i, i] / max(conf[i].sum(), 1)) for i, name in enumerate(data.classes)},
         "input_size": pre.size,
     }
-    if isinstance(model, VTResNet) and total:
+    if vt is not None and total:
         result["token_stats"] = [asdict(s) for s in stats.result()]
+        result["diagnostics"] = [d.to_dict() for d in diags.result()]
+        if ablations:
+            result["ablations"] = {k: t.result(result["top1"]) for k, t in tallies.items()}
     if confusion:
         result["confusion"] = conf.tolist()
         result["confusion_labels"] = list(data.classes)
     return result
 
 
+def _applies(model: VTResNet, ablation: Ablation) -> bool:
+    if not ablation.projector:
+        return any(layer.projector is not None for layer in model.vt_layers)
+    if not ablation.recurrent_dynamic:
+        return "recurrent" in model.tokenizer_kinds
+    return True
+
+
 def evaluate(model: nn.Module, folder: str | Path, *, size: int | None = None,
              batch_size: int = 100, confusion: bool = False, cache_dir: str | Path | None = None,
-             workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+             workers: int | None = None, progress: bool = True, ablate: bool = False) -> dict[str, Any]:
     """Evaluate a loaded model on ``folder/<class>/*`` (class folders named by its class ids)."""
     meta = model_meta(model)
     pre = meta.preprocess
@@ -81,4 +121,4 @@ def evaluate(model: nn.Module, folder: str | Path, *, size: int | None = None,
     if len(data) == 0:
         raise FileNotFoundError(f"{folder}: no readable images")
     return evaluate_arrays(model, data, pre, batch_size=batch_size, confusion=confusion,
-                           progress=progress)
+                           progress=progress, ablate=ablate)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from . import render, views
 from .checkpoint import model_meta
+from .diagnostics import image_diagnostics
 from .errors import ImageError
 from .explain import preprocess_for, token_maps
 from .image import Geometry, fit_image, load_image, to_tensor
@@ -267,6 +268,7 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
         "top5": [{"class": c, "p": round(p, 4)} for c, p in one.top_k(5)[0]],
         "layers": [],
     }
+    record["diagnostics"] = image_diagnostics(maps)[0]
     table = token_table(maps, [item.geometry], layers)
     pictures = {p.layer: p for p in views.image_pictures(
         one, 0, layers, opts.tokens, opts.render, opts.size, title=item.path.name)} if opts.images else {}

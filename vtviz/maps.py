@@ -298,6 +298,15 @@ def top_share(attention: Tensor, fraction: float = 0.1) -> Tensor:
     return p.topk(k, dim=-1).values.sum(-1) / p.sum(-1).clamp_min(1e-12)
 
 
+def map_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of corresponding maps: ``[..., h, w]`` x2 -> ``[...]``."""
+    x = a.float().flatten(-2)
+    y = b.float().flatten(-2)
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-12)
+
+
 @dataclass(frozen=True)
 class TokenStat:
     """Statistics of one token's map in one image and layer.

@@ -53,9 +53,20 @@ from .checkpoint import load_model, model_meta, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
 from .diagnostics import image_mixing
 from .evaluate import evaluate_arrays
-from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine
+from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine, normalized_entropy
 from .meta import Fit, ModelMeta, Preprocess
-from .model import Model, ModelConfig, RecurrentTokenizer, VTLayerOutput, VTResNet, build_model, count_parameters
+from .model import (
+    Model,
+    ModelConfig,
+    Projector,
+    RecurrentTokenizer,
+    TokenTransformer,
+    VTLayerOutput,
+    VTModule,
+    VTResNet,
+    build_model,
+    count_parameters,
+)
 from .runtime import Dist, autocast_for, close_distributed, init_distributed
 
 
@@ -304,6 +315,51 @@ def fit_dynamic_filters(model: nn.Module, data: ImageFolderData, idx: np.ndarray
             print(f"fit-dynamic: layer {i}: R^2 {float(r2):.3f} on {len(sel)} images", file=sys.stderr)
 
 
+def reinit_attention(model: nn.Module, seed: int) -> None:
+    """Fresh query/key maps in every token transformer and projector (near-uniform attention at
+    the start), so that a collapsed attention (every token reading one sink) can be re-learnt."""
+    gen = torch.Generator().manual_seed(seed + 12345)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (TokenTransformer, Projector)):
+                for lin in (module.key, module.query):
+                    lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * 0.02)
+
+
+@torch.no_grad()
+def recurrent_from_values(model: nn.Module, data: ImageFolderData, idx: np.ndarray, pre: Preprocess,
+                          progress: bool, images: int = 96, target_entropy: float = 0.5) -> None:
+    """Start each recurrent tokenizer's ``W_T->R`` as ``gamma * pinv(W_V)`` of the previous
+    module's value map: token k's filter is then the feature it pooled (less what all tokens
+    share), so it attends to pixels like its own content. ``gamma`` is the one of a log grid
+    whose maps' mean normalised entropy on ``images`` training images is nearest ``target_entropy``."""
+    if not isinstance(model, VTResNet):
+        return
+    sel = np.sort(np.random.default_rng(1).choice(idx, size=min(images, len(idx)), replace=False))
+    x = normalize_batch(resize_batch(torch.from_numpy(np.asarray(data.images[sel])), pre.size), pre.mean, pre.std)
+    was = model.training
+    model.eval()
+    for i, layer in enumerate(model.vt_layers):
+        tok = layer.tokenizer
+        if not isinstance(tok, RecurrentTokenizer):
+            continue
+        previous = model.vt_layers[i - 1]
+        assert isinstance(previous, VTModule)
+        value = previous.tokenizer.value
+        inverse = torch.linalg.pinv(value.weight.double()).float()  # [C, C_T]
+        best: tuple[float, float] | None = None
+        for gamma in np.geomspace(1, 4096, 13):
+            tok.token_to_filter.weight.copy_(inverse * float(gamma))
+            ent = float(normalized_entropy(model.explain(x).layers[i].attention).mean())
+            if best is None or abs(ent - target_entropy) < abs(best[1] - target_entropy):
+                best = (float(gamma), ent)
+        assert best is not None
+        tok.token_to_filter.weight.copy_(inverse * best[0])
+        if progress:
+            print(f"recurrent-from-values: layer {i}: gain {best[0]:.1f}, entropy {best[1]:.3f}", file=sys.stderr)
+    model.train(was)
+
+
 def _drop_static_filters(model: Model, config: ModelConfig) -> tuple[Model, ModelConfig]:
     """After annealing ``W_0`` to 0, the same function without it (``static_filter=False``)."""
     new_config = ModelConfig.from_dict({**config.to_dict(), "static_filter": False})
@@ -345,6 +401,8 @@ class TrainConfig:
     projector_null: bool | None = None
     anneal_static: float = 0.0
     fit_dynamic: bool = False
+    reinit_attention: bool = False
+    recurrent_from_values: bool = False
     dev_fraction: float = 0.0
     dev_sizes: tuple[int, ...] | None = None
     no_val: bool = False
@@ -442,10 +500,14 @@ def _build(cfg: TrainConfig, data: _Data, d: Dist) -> tuple[Model, ModelConfig, 
     parent = {"checkpoint": Path(cfg.init).name, "training": meta.training}
     config = meta.config
     changes = _arch_changes(cfg)
+    if cfg.recurrent_from_values:
+        changes["static_filter"] = False
     if changes:  # new parts (registers, null slot) start from their init, the rest loads
         config = ModelConfig.from_dict({**config.to_dict(), **changes})
         grown = build_model(config)
         missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+        dropped = "tokenizer.filters.weight" if cfg.recurrent_from_values else "\0"  # W_0, on purpose
+        unexpected = [k for k in unexpected if not k.endswith(dropped)]
         if unexpected:
             raise ValueError(f"--init: the new architecture drops {unexpected[:4]}")
         if d.main:
@@ -632,8 +694,13 @@ def train(cfg: TrainConfig | argparse.Namespace) -> dict[str, Any]:
     state_path = out_dir / "last.pt"
     data = _load_data(cfg, d, device, schedule)
     model, config, parent = _build(cfg, data, d)
-    if cfg.fit_dynamic and d.main and not (cfg.resume and state_path.exists()):
+    fresh = not (cfg.resume and state_path.exists())
+    if cfg.fit_dynamic and d.main and fresh:
         fit_dynamic_filters(model, data.train, data.train_idx, data.pre, not cfg.quiet)
+    if cfg.reinit_attention and fresh:
+        reinit_attention(model, cfg.seed)
+    if cfg.recurrent_from_values and fresh:
+        recurrent_from_values(model, data.train, data.train_idx, data.pre, not cfg.quiet)
     loop = _make_loop(cfg, model, data, d, device, len(schedule), state_path)
     labels = torch.from_numpy(data.train.labels).to(device)
     # On a GPU the whole split lives in device memory (Imagenette at 224 px: 1.4 GB);
@@ -706,6 +773,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-dynamic", action="store_true",
                    help="before training, fit W_T->R by least squares so that the token-dependent "
                         "filters reproduce W_0's per-token part (use with --anneal-static)")
+    p.add_argument("--reinit-attention", action="store_true",
+                   help="with --init: start the token transformers' and projectors' query/key maps "
+                        "afresh (near-uniform attention), keeping every other weight")
+    p.add_argument("--recurrent-from-values", action="store_true",
+                   help="with --init: drop the recurrent tokenizer's W_0 and start W_T->R as the "
+                        "pseudo-inverse of the previous tokenizer's value map (each token looks for "
+                        "pixels like the content it carries), its gain set on training images")
     p.add_argument("--dev-fraction", type=float, default=0.0,
                    help="hold out this share of train/ (per class, by --seed) as a dev split")
     p.add_argument("--dev-sizes", type=lambda t: [int(v) for v in t.split(",")], default=None,
