@@ -14,6 +14,7 @@ import streamlit as st
 
 import vtviz
 from vtviz import render, views
+from vtviz.diagnostics import diagnose
 from vtviz.errors import CheckpointError, VTVizError
 from vtviz.maps import Scale
 from vtviz.meta import Fit
@@ -128,6 +129,26 @@ layer_maps = result.maps.layers[layer]
 if kind not in views.available_kinds(layer_maps):
     st.info("The last layer has no projector (its tokens feed the classifier): showing tokenizer attention.")
     kind = views.MapKind.ATTENTION
+
+diagnostics = diagnose(result.maps)
+for warning in views.view_warnings(diagnostics[layer], kind):
+    st.warning(warning)
+with st.expander("Diagnostics: do the transformer and projector relate tokens?"):
+    st.caption("Per layer, over the images shown. Mixing targets: distinct tokens read most (per image, "
+               "of 16; 1 = every token reads one 'sink' token). Max received: the largest share of all "
+               "transformer attention one token receives. Owners: tokens owning >= 5% of the pixels in "
+               "the projector. Border sinks: tokens per image with most of their attention on the border. "
+               "Positional tokens need 8 or more images.")
+    st.dataframe([{"layer": f"{i} · {d.kind}", "mixing targets": round(d.mixing_targets, 2),
+                   "max received": round(d.max_received, 3),
+                   "to registers": None if d.to_registers is None else round(d.to_registers, 3),
+                   "owners >= 5%": None if d.owners is None else round(d.owners, 2),
+                   "border sinks": round(d.border_sinks, 2),
+                   "positional": ", ".join(map(str, d.positional or [])) or "-"}
+                  for i, d in enumerate(diagnostics)])
+    for i, d in enumerate(diagnostics):
+        for warning in d.warnings():
+            st.warning(f"layer {i}: {warning}")
 
 VIEWS = ["Token grid", "Filter vs recurrent", "Compare models", "Token details"]
 view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered

@@ -139,3 +139,44 @@ def test_bad_checkpoint_keeps_previous_model(app, tmp_path, small_model):
     app.run()
     labels = _by_label(app.sidebar.selectbox, "Model").options
     assert any(label.startswith("uploaded:") and "/" not in label.split(":", 1)[1] for label in labels)
+
+
+def _one_hot_mixing_model() -> vtviz.VTResNet:
+    """A VT-R18 whose transformer attention is one-hot: every token reads the same token.
+
+    With the first LayerNorm's bias 1 (and weight 1), ``ones . LN(t) = C`` for every token,
+    so a key map ``v ones^T / C`` gives each token the same key ``v``; every row then ranks
+    the queries alike, and a large ``v`` makes that ranking one-hot.
+    """
+    import torch
+
+    torch.manual_seed(3)
+    model = vtviz.vt_resnet18(num_classes=10).eval()
+    with torch.no_grad():
+        for layer in model.vt_layers:
+            tr = layer.transformer
+            c = tr.norm1.weight.shape[0]
+            tr.norm1.bias.fill_(1.0)
+            v = torch.randn(tr.key.weight.shape[0]) * 200
+            tr.key.weight.copy_(torch.outer(v, torch.ones(c)) / c)
+    return model
+
+
+def test_app_warns_on_degenerate_mixing(app, tmp_path, monkeypatch):
+    from vtviz import checkpoint
+    from vtviz.meta import ModelMeta, Preprocess
+
+    model = _one_hot_mixing_model()
+    meta = ModelMeta(config=model.config, classes=tuple(f"class{i}" for i in range(10)),
+                     preprocess=Preprocess(size=128), name="vt-r18-imagenette")
+    vtviz.save_model(model, tmp_path / "vt-r18-imagenette", meta)
+    monkeypatch.setattr(checkpoint, "PRETRAINED_DIR", tmp_path)
+    app.run()
+    assert not app.exception, app.exception
+    # the diagnostics panel says so, with numbers; the tokenizer-attention view needs no warning
+    assert any("layer 0: token mixing is degenerate" in w.value for w in app.warning)
+    assert not [w for w in app.warning if "Token mixing is degenerate here" in w.value]
+    _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.MIXED)
+    app.run()
+    warnings = [w.value for w in app.warning if "Token mixing is degenerate here" in w.value]
+    assert warnings and "nearly one map" in warnings[0]

@@ -18,6 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from . import render
+from .diagnostics import SINK_SHARE, LayerDiagnostics
 from .image import Geometry, maps_to_original
 from .maps import ImageMaps, LayerMaps, Scale, normalize_with_range, token_table
 from .render import Colormap
@@ -366,3 +367,24 @@ def select_images(result: ImageMaps, index: Sequence[int]) -> ImageMaps:
 def concat(results: Sequence[ImageMaps]) -> ImageMaps:
     """Join results of separate runs of the same model into one (:meth:`ImageMaps.concat`)."""
     return ImageMaps.concat(results)
+
+
+# --------------------------------------------------------------------------- what a view cannot show
+def view_warnings(diagnostics: LayerDiagnostics, kind: MapKind | str) -> list[str]:
+    """Warnings to show next to a view of ``kind`` on a layer with these diagnostics: the
+    views that a degenerate transformer or projector makes meaningless say so."""
+    kind = MapKind(kind)
+    out = []
+    mixing_bad = diagnostics.mixing_targets < 2 or diagnostics.max_received > SINK_SHARE
+    if kind is MapKind.MIXED and mixing_bad:
+        top = int(np.argmax(diagnostics.received))
+        out.append(f"Token mixing is degenerate here: the tokens read token {top} "
+                   f"({diagnostics.max_received:.0%} of all attention), so the token-mixed maps are "
+                   "nearly one map repeated.")
+    if kind is MapKind.ASSIGNMENT and diagnostics.owners is not None and diagnostics.owners < 2:
+        out.append(f"One token owns {diagnostics.top_owner:.0%} of the pixels in the projector: "
+                   "the assignment maps and partition are nearly one colour.")
+    if kind is MapKind.ATTENTION and diagnostics.positional:
+        out.append(f"Token(s) {', '.join(map(str, diagnostics.positional))} peak at the same place on "
+                   "every image (positional tokens): their maps do not follow content.")
+    return out
