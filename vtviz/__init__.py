@@ -17,6 +17,7 @@ from .checkpoint import (
     read_checkpoint,
     save_model,
 )
+from .diagnostics import LayerDiagnostics, diagnose
 from .errors import CheckpointError, ImageError, VTVizError
 from .explain import explain_images, predict, token_maps
 from .image import Geometry, load_image, maps_to_original, prepare
@@ -41,7 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Ablation", "CheckpointError", "Fit", "Geometry", "ImageError", "ImageMaps", "LayerMaps", "LayerStats",
     "ModelConfig", "ModelMeta", "Preprocess", "Scale", "TokenMaps", "VTResNet", "VTVizError",
-    "attach_meta", "build_model", "device_label", "explain_images", "layer_stats", "list_pretrained",
+    "LayerDiagnostics", "attach_meta", "build_model", "device_label", "diagnose", "explain_images", "layer_stats", "list_pretrained",
     "load_image", "load_model", "maps_to_original", "model_meta", "normalize",
     "normalized_entropy", "predict", "prepare", "read_checkpoint", "resnet18",
     "resolve_device", "save_model", "token_maps", "top_k", "upsample", "vt_resnet18",
