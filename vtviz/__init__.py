@@ -42,7 +42,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Ablation", "CheckpointError", "Fit", "Geometry", "ImageError", "ImageMaps", "LayerMaps", "LayerStats",
     "ModelConfig", "ModelMeta", "Preprocess", "Scale", "TokenMaps", "VTResNet", "VTVizError",
-    "LayerDiagnostics", "attach_meta", "build_model", "device_label", "diagnose", "explain_images", "layer_stats", "list_pretrained",
+    "LayerDiagnostics", "attach_meta", "build_model", "device_label", "diagnose", "explain_images",
+    "layer_stats", "list_pretrained",
     "load_image", "load_model", "maps_to_original", "model_meta", "normalize",
     "normalized_entropy", "predict", "prepare", "read_checkpoint", "resnet18",
     "resolve_device", "save_model", "token_maps", "top_k", "upsample", "vt_resnet18",
