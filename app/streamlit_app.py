@@ -99,14 +99,18 @@ kind_names = {views.MapKind.ATTENTION: "tokenizer attention",
               views.MapKind.ASSIGNMENT: "projector assignment"}
 kind = sb.radio("Map", list(views.MapKind), format_func=lambda k: kind_names[k])
 colormap = sb.selectbox("Colour map", [c.value for c in Colormap], index=0)
-alpha = sb.slider("Opacity", 0.0, 1.0, 0.6, 0.05)
+DEFAULTS = views.RenderOptions()
+alpha = sb.slider("Opacity", 0.0, 1.0, DEFAULTS.alpha, 0.05,
+                  help="Largest opacity of a map; weaker parts fade out (opacity = this x value^0.3)")
+dim = sb.slider("Dim photo", 0.0, 1.0, DEFAULTS.dim, 0.05,
+                help="Grey and darken the photo under the maps so that they stand out")
 scale = sb.radio("Colour scale", [Scale.PER_MAP.value, Scale.SHARED.value],
                  format_func=lambda s: {"per_map": "each map on its own",
                                         "shared": "shared by all images"}[s])
 fits = [f.value for f in Fit]
 fit = sb.selectbox("Fit images", fits, index=fits.index(meta.preprocess.fit.value),
                    help="crop: the centre square; letterbox: whole photo; stretch: as Imagenette")
-options = views.RenderOptions(Colormap(colormap), alpha, Scale(scale), cell=200)
+options = views.RenderOptions(Colormap(colormap), alpha, Scale(scale), cell=200, dim=dim)
 
 # --------------------------------------------------------------------------- images
 st.title("What do the visual tokens see?")

@@ -36,7 +36,9 @@ def _result(n: int = 2, last_has_projector: bool = False) -> ImageMaps:
 
 
 def _opts(scale: Scale) -> views.RenderOptions:
-    return views.RenderOptions(Colormap.HOT, alpha=1.0, scale=scale, cell=64)
+    # plain drawing (no dimming, ramp, contour or marker): what is tested here is the scale
+    return views.RenderOptions(Colormap.HOT, alpha=1.0, scale=scale, cell=64, contour=None, dim=0.0,
+                               gamma=1.0, marker=False)
 
 
 def test_shared_scale_keeps_strengths_comparable_across_images():
@@ -96,3 +98,37 @@ def test_safe_stem():
     assert views.safe_stem("../../etc/pass wd.png") == "pass_wd"
     assert views.safe_stem("C:\\\\Users\\\\me\\\\ünï.jpeg") == "ünï"
     assert views.safe_stem("...") == "image"
+
+
+def test_default_grid_shows_every_token_on_real_photos(app_models):
+    """The app's default token grid (200-px cells) on photos: no token cell looks like the bare
+    photo (>= 3% of its pixels change by >= 30 levels), and the token itself is drawn, not only
+    the dimming (>= 0.3% of pixels differ from the dimmed photo alone: marker, contour, halo)."""
+    import dataclasses
+
+    import skimage.data as sk
+
+    import vtviz
+
+    photos = [sk.astronaut(), sk.chelsea(), sk.coffee(), sk.rocket(), sk.stereo_motorcycle()[0]]
+    model = vtviz.load_model("vt-r18-imagenette", device="cpu")
+    res = vtviz.explain_images(model, photos)
+    opts = views.RenderOptions(cell=200)  # what the app draws by default
+    bare = dataclasses.replace(opts, alpha=0.0, contour=None, marker=False, dim=0.0)
+    dimmed = dataclasses.replace(bare, dim=opts.dim)
+    for layer in range(len(res.maps.layers)):
+        shown, _ = views.overlays(res, layer, range(16), options=opts)
+        for reference, least in ((bare, 0.03), (dimmed, 0.003)):
+            ref, _ = views.overlays(res, layer, range(16), options=reference)
+            changed = (np.abs(shown.astype(int) - ref.astype(int)) >= 30).any(-1).mean(axis=(-2, -1))
+            assert changed.min() >= least, (layer, reference, changed.min())
+
+
+def test_colour_bar_labels_are_never_cut():
+    from vtviz import render
+
+    label = "attention: each map from its min to its max, a long label on a short bar"
+    bar = render.colorbar(Colormap.TURBO, 0, 1, 120, label=label, alpha=0.85, gamma=0.3)
+    assert bar.shape[1] >= render.text_width(label) > 120
+    # drawn like the overlays: transparent (the grey backdrop) at 0, coloured at 1
+    assert np.ptp(bar[2, 0].astype(int)) < 30 and np.ptp(bar[2, 119].astype(int)) > 60

@@ -80,22 +80,37 @@ def resize_map(map2d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.reshape(*m.shape[:-2], *size)
 
 
+def dim_image(image: np.ndarray, amount: float) -> np.ndarray:
+    """The photo desaturated and darkened by ``amount`` (0: unchanged, 1: dark grey), so that
+    coloured maps stand out on any photo: RGB uint8 ``[H, W, 3]``."""
+    if amount <= 0:
+        return image
+    img = image.astype(np.float32)
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = (img * (1 - amount) + grey[..., None] * amount) * (1 - 0.55 * amount)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Colormap.TURBO,
             alpha: float = 0.6, vmin: float | None = None, vmax: float | None = None,
             mask: np.ndarray | None = None, weighted: bool = True,
-            contour: float | None = None) -> np.ndarray:
+            contour: float | None = None, dim: float = 0.0, gamma: float = 1.0,
+            marker: bool = False) -> np.ndarray:
     """Draw a map over an RGB image: ``[H, W, 3]`` uint8 and ``[h, w]`` float -> ``[H, W, 3]`` uint8.
 
     The map is resized to the image, scaled by ``vmin``/``vmax`` (default: its own range) and
-    coloured. ``weighted`` (default) blends each pixel with opacity ``alpha * value``, so that
-    where the map is 0 the image shows unchanged; otherwise a uniform ``alpha``. Pixels outside
-    ``mask`` (``[H, W]`` bool: what the network saw) keep the image. ``contour`` draws the
-    outline of the smallest region holding that share of the map's mass (e.g. 0.5).
+    coloured. ``weighted`` (default) blends each pixel with opacity ``alpha * value**gamma``, so
+    that where the map is 0 the image shows unchanged (``gamma`` < 1 widens the visible halo of
+    a sharp map); otherwise a uniform ``alpha``. ``dim`` desaturates and darkens the photo
+    underneath (:func:`dim_image`). Pixels outside ``mask`` (``[H, W]`` bool: what the network
+    saw) keep the (dimmed) image. ``contour`` outlines the smallest region holding that share of
+    the map's mass (e.g. 0.5); ``marker`` rings the map's peak.
     Also takes several maps ``[N, h, w]`` at once -> ``[N, H, W, 3]``.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
         raise ValueError(f"image must be RGB uint8 [H, W, 3], got {img.dtype} {list(img.shape)}")
+    img = dim_image(img, dim)
     raw = resize_map(map2d, img.shape[:2])
     if vmin is None and vmax is None and raw.ndim == 3:  # per-map range, each map on its own
         lo = raw.min(axis=(-2, -1), keepdims=True)
@@ -106,18 +121,44 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
     level = np.rint(unit * 255).astype(np.uint8)  # unit is already in [0, 1]
     color = colormap_lut(colormap)[level].astype(np.uint16)
     # Integer blend (2x faster than float): weights in 0..255, out = img + (color - img) * a.
-    a = (level.astype(np.float32) * alpha if weighted else np.full(level.shape, 255 * alpha, np.float32))
+    a = (255 * alpha * unit ** gamma if weighted else np.full(level.shape, 255 * alpha, np.float32))
     if mask is not None:
         a = a * np.asarray(mask, np.float32)
     a16 = np.rint(a).astype(np.uint16)[..., None]
     out = ((img.astype(np.uint16) * (255 - a16) + color * a16 + 127) // 255).astype(np.uint8)
-    if contour is not None:
-        if out.ndim == 4:
-            for o, r in zip(out, raw):
-                draw_mass_contour(o, r, contour)
-        else:
-            draw_mass_contour(out, raw, contour)
+    for o, r in (zip(out, raw) if out.ndim == 4 else [(out, raw)]):
+        if contour is not None:
+            draw_mass_contour(o, r, contour, thickness=max(1, round(min(o.shape[:2]) / 150)))
+        if marker:
+            draw_peak_marker(o, r)
     return out
+
+
+def draw_peak_marker(image: np.ndarray, map2d: np.ndarray, color: tuple[int, int, int] = (255, 255, 255),
+                     label: str = "") -> np.ndarray:
+    """Ring (in place) the maximum of a map already at the image's size; returns the image.
+
+    The ring is drawn white over a dark outline, so it reads on light and dark photos alike;
+    ``label`` (e.g. a token number) is written next to it.
+    """
+    y, x = np.unravel_index(int(np.argmax(map2d)), map2d.shape)
+    r = max(4, round(min(image.shape[:2]) / 18))
+    cv2.circle(image, (int(x), int(y)), r, (0, 0, 0), 3, lineType=cv2.LINE_AA)
+    cv2.circle(image, (int(x), int(y)), r, color, 1, lineType=cv2.LINE_AA)
+    if label:
+        draw_label(image, label, (int(x) + r + 1, int(y) - r), color)
+    return image
+
+
+def draw_label(image: np.ndarray, text: str, xy: tuple[int, int], color: tuple[int, int, int]) -> np.ndarray:
+    """Write ``text`` (in place) with its top-left corner near ``xy``, on a dark halo, inside the image."""
+    scale = max(0.35, min(image.shape[:2]) / 500)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x = int(np.clip(xy[0], 0, image.shape[1] - tw - 1))
+    y = int(np.clip(xy[1] + th, th, image.shape[0] - base - 1))
+    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+    return image
 
 
 def mass_threshold(map2d: np.ndarray, mass: float) -> float:
@@ -202,15 +243,35 @@ def legend(labels: Sequence[str], palette: np.ndarray = PALETTE, columns: int = 
     return out
 
 
+def text_width(text: str, size: int = 12) -> int:
+    """Width in pixels that :func:`text_strip` needs to show ``text`` uncut."""
+    img = Image.new("RGB", (1, 1))
+    return int(np.ceil(ImageDraw.Draw(img).textlength(text, font=_font(size)))) + 6
+
+
 def colorbar(colormap: Colormap | str, vmin: float, vmax: float, length: int,
-             thickness: int = 14, label: str = "") -> np.ndarray:
-    """A horizontal colour bar with ``vmin``, ``label`` and ``vmax`` under it: RGB uint8."""
-    bar = colorize(np.tile(np.linspace(0, 1, length, dtype=np.float32), (thickness, 1)), colormap)
-    third = length // 3
-    under = np.concatenate([text_strip(_fmt(vmin), third),
-                            text_strip(label, length - 2 * third, align="center"),
-                            text_strip(_fmt(vmax), third, align="right")], axis=1)
-    return np.concatenate([bar, under], axis=0)
+             thickness: int = 14, label: str = "", alpha: float | None = None, gamma: float = 1.0,
+             dim: float = 0.6) -> np.ndarray:
+    """A horizontal colour bar, ``vmin`` and ``vmax`` under its ends and ``label`` on its own line
+    (never cut: the picture widens to fit it): RGB uint8.
+
+    With ``alpha`` the bar is drawn as overlays are, over a grey photo dimmed by ``dim``, with
+    opacity ``alpha * value**gamma``: where a map is near 0 the bar is as transparent as it.
+    """
+    unit = np.tile(np.linspace(0, 1, length, dtype=np.float32), (thickness, 1))
+    if alpha is None:
+        bar = colorize(unit, colormap)
+    else:
+        grey = np.full((thickness, length, 3), 150, np.uint8)
+        grey[:, (np.arange(length) // 6) % 2 == 0] = 110  # a stripe, so transparency shows
+        bar = overlay(grey, unit, colormap, alpha, 0.0, 1.0, dim=dim, gamma=gamma)
+    half = length // 2
+    ends = np.concatenate([text_strip(_fmt(vmin), half), text_strip(_fmt(vmax), length - half, align="right")],
+                          axis=1)
+    rows = [bar, ends]
+    if label:
+        rows.append(text_strip(label, max(length, text_width(label))))
+    return stack_vertical(rows)
 
 
 def _fmt(v: float) -> str:

@@ -57,13 +57,23 @@ def available_kinds(layer: LayerMaps) -> list[MapKind]:
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """How maps are drawn: colour map, opacity, scale (per map or shared), contour, cell size."""
+    """How maps are drawn (the defaults are the readable ones, used by app, export and notebook).
+
+    colormap, alpha (largest opacity), scale (see :class:`~vtviz.maps.Scale`), contour (outline
+    of the region holding this share of a map's mass; None: none), cell (grid cell width, px),
+    dim (how much the photo is desaturated and darkened under the maps), gamma (opacity ramp
+    ``alpha * value**gamma``: below 1 a sharp, point-like map gets a visible halo), marker (ring
+    at each map's peak).
+    """
 
     colormap: Colormap = Colormap.TURBO
-    alpha: float = 0.6
+    alpha: float = 0.85
     scale: Scale = Scale.PER_MAP
-    contour: float | None = None
+    contour: float | None = 0.5
     cell: int = 224
+    dim: float = 0.6
+    gamma: float = 0.3
+    marker: bool = True
 
 
 def layer_label(index: int, layer: LayerMaps) -> str:
@@ -122,15 +132,16 @@ def _draw(base: np.ndarray, unit: Tensor, geometry: Geometry, options: RenderOpt
     """Overlays ``[T, H, W, 3]`` of unit maps ``[T, h, w]`` on ``base`` (the original, resized)."""
     full, mask = maps_to_original(unit, geometry, base.shape[:2])
     return render.overlay(base, full.numpy(), options.colormap, options.alpha, vmin=0.0, vmax=1.0,
-                          mask=mask.numpy(), contour=options.contour)
+                          mask=mask.numpy(), contour=options.contour, dim=options.dim,
+                          gamma=options.gamma, marker=options.marker)
 
 
 def _scale_footer(options: RenderOptions, vmax: float | None, length: int,
                   kind: MapKind | str) -> np.ndarray:
-    if vmax is None:
-        label = f"{MapKind(kind).value}: each map min to max"
-        return render.colorbar(options.colormap, 0, 1, length, label=label)
-    return render.colorbar(options.colormap, 0.0, vmax, length, label=f"{MapKind(kind).value} (shared scale)")
+    label = (f"{MapKind(kind).value}: each map from its min to its max" if vmax is None
+             else f"{MapKind(kind).value}: one scale for all maps shown")
+    return render.colorbar(options.colormap, 0.0, 1.0 if vmax is None else vmax, length, label=label,
+                           alpha=options.alpha, gamma=options.gamma, dim=options.dim)
 
 
 def _image_label(result: ImageMaps, i: int, names: Sequence[str] | None) -> str:
