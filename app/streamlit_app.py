@@ -7,6 +7,7 @@ so changing colours, scale or tokens only re-renders pictures.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -154,7 +155,7 @@ with st.expander("Diagnostics: do the transformer and projector relate tokens?")
         for warning in d.warnings():
             st.warning(f"layer {i}: {warning}")
 
-VIEWS = ["Token grid", "Filter vs recurrent", "Compare models", "Token details"]
+VIEWS = ["Token grid", "All tokens", "Filter vs recurrent", "Compare models", "Token details"]
 view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered
 
 if view == VIEWS[0]:
@@ -170,11 +171,22 @@ if view == VIEWS[0]:
                        "application/octet-stream")
 
 elif view == VIEWS[1]:
+    isolate = st.selectbox("Isolate a token", [None, *tokens], key="isolate",
+                           format_func=lambda t: "none: all tokens" if t is None else f"token {t}",
+                           help="Keep one token bright; the others stay as thin outlines")
+    pictures = [views.constellation_view(result, i, layer, tokens, isolate=isolate, size=360, options=options)
+                for i in page_ids]
+    st.image([render.encode(p, "jpg", quality=92) for p in pictures], caption=[names[i] for i in page_ids],
+             width=360)
+    st.caption("Each token's 50%-mass region of the tokenizer attention, in its own colour, with its "
+               "number at its peak; the photo is dimmed. Compare where the same token lands across images.")
+
+elif view == VIEWS[2]:
     image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key="tok_image")
     st.image(views.layer_grid(result, image, tokens, kind, options, name=names[image]),
              caption="one image, token by token: each column is one VT layer's tokenizer")
 
-elif view == VIEWS[2]:
+elif view == VIEWS[3]:
     others = [m for m in model_labels if m != model_label]
     if not others:
         st.info("Only one model is loaded: add a checkpoint to compare.")
@@ -188,7 +200,7 @@ elif view == VIEWS[2]:
 
 else:
     token = st.selectbox("Token", tokens, key="detail_token")
-    big = views.RenderOptions(options.colormap, options.alpha, options.scale, contour=0.5, cell=320)
+    big = dataclasses.replace(options, cell=320)
     ov, _ = views.overlays(result, layer, [token], kind, big, page_ids)
     st.image([o[0] for o in ov], caption=[names[i] for i in page_ids], width=320)
     stats = views.token_statistics(result, layer, token)

@@ -102,11 +102,16 @@ def test_upload_switch_layer_tokens_kind_model(app):
     app.run()
     assert not app.exception and app.calls["n"] == 8
     assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(1))
-    for view in ["Filter vs recurrent", "Compare models", "Token details"]:
+    for view in ["All tokens", "Filter vs recurrent", "Compare models", "Token details"]:
         _by_label(app.radio, "View").set_value(view)
         app.run()
         assert not app.exception and not app.error, view
         assert len(app.image) >= 1
+        if view == "All tokens":
+            assert len(app.image[0].value) == 2  # one constellation per image, side by side
+            _by_label(app.selectbox, "Isolate a token").set_value(3)
+            app.run()
+            assert not app.exception
     assert len(app.image) == 3  # details: one overlay per image, mixing matrix, partition
     assert app.calls["n"] == 8  # the comparison reused the first model's cached maps
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 
@@ -132,3 +133,41 @@ def test_colour_bar_labels_are_never_cut():
     assert bar.shape[1] >= render.text_width(label) > 120
     # drawn like the overlays: transparent (the grey backdrop) at 0, coloured at 1
     assert np.ptp(bar[2, 0].astype(int)) < 30 and np.ptp(bar[2, 119].astype(int)) > 60
+
+
+def test_token_palette_is_well_separated():
+    import itertools
+
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    from vtviz.render import TOKEN_COLORS
+
+    lab = rgb2lab(TOKEN_COLORS[None].astype(float) / 255)[0]
+    distances = [deltaE_ciede2000(lab[i], lab[j]) for i, j in itertools.combinations(range(16), 2)]
+    assert len(TOKEN_COLORS) == 16 and min(distances) >= 20
+
+
+def test_constellation_draws_every_token_in_its_colour():
+    from vtviz.render import TOKEN_COLORS
+
+    res = _result(1)
+    att = torch.full((1, L, H, W), 1e-3)
+    for k, (y, x) in enumerate([(1, 1), (3, 3), (0, 3)]):  # each token on its own cell
+        att[0, k, y, x] = 1.0
+    layer = dataclasses.replace(res.maps.layers[0], attention=att / att.sum((-2, -1), keepdim=True))
+    res = dataclasses.replace(res, maps=dataclasses.replace(res.maps, layers=(layer, res.maps.layers[1])))
+    opts = views.RenderOptions(dim=0.0)
+    pic = views.constellation_view(res, 0, 0, size=64, options=opts)
+    title = 18
+    body = pic[title:title + 64]
+    # token 0 peaks at cell (1, 1), i.e. pixels 16..31: its region is tinted with its colour
+    def filled(picture: np.ndarray, token: int) -> np.ndarray:
+        fill = 128 * 0.7 + TOKEN_COLORS[token].astype(float) * 0.3  # grey photo, 30% of its colour
+        return (np.abs(picture[:, :64].astype(float) - fill) <= 2).all(-1)
+
+    ys, xs = np.nonzero(filled(body, 0))
+    assert len(ys) >= 10 and 12 <= ys.mean() <= 36 and 12 <= xs.mean() <= 36  # around cell (1, 1)
+    assert filled(body, 1).sum() >= 10 and filled(body, 1)[48:, 48:].sum() == filled(body, 1).sum()
+    isolated = views.constellation_view(res, 0, 0, size=64, isolate=1, options=opts)[title:title + 64]
+    assert filled(isolated, 0).sum() <= 0.2 * filled(body, 0).sum()  # token 0: an outline only
+    assert filled(isolated, 1).sum() >= 10

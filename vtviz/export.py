@@ -165,7 +165,7 @@ def record_outputs(record: dict[str, Any]) -> list[str]:
     paths = [record["raw"]] if record.get("raw") else []
     for layer in record.get("layers", []):
         paths += [t["file"] for t in layer.get("tokens", []) if t.get("file")]
-        paths += [layer[k] for k in ("grid", "partition") if layer.get(k)]
+        paths += [layer[k] for k in ("grid", "partition", "constellation") if layer.get(k)]
     return paths
 
 
@@ -284,7 +284,8 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
             for rec, img in zip(entry["tokens"], pics.overlays):
                 rec["file"] = f"{sub}/token{rec['token']:02d}.{opts.fmt}"
                 atomic_write(out_dir / rec["file"], render.encode(img, opts.fmt))
-            for key, picture in (("grid", pics.grid), ("partition", pics.partition)):
+            for key, picture in (("grid", pics.grid), ("partition", pics.partition),
+                                 ("constellation", pics.constellation)):
                 if picture is not None:
                     entry[key] = f"{sub}/{key}.{opts.fmt}"
                     atomic_write(out_dir / entry[key], render.encode(picture, opts.fmt))

@@ -44,6 +44,46 @@ PALETTE: np.ndarray = np.array([
 ], dtype=np.uint8)
 
 
+#: 16 token colours, pairwise CIEDE2000 distance >= 22 and far from the greys of a dimmed
+#: photo (greedy max-min selection over an HSV grid), RGB: token k is drawn in TOKEN_COLORS[k % 16].
+TOKEN_COLORS: np.ndarray = np.array([
+    (255, 198, 140), (0, 255, 85), (0, 234, 255), (255, 140, 255), (128, 0, 255), (255, 42, 0),
+    (77, 151, 255), (0, 140, 0), (204, 0, 102), (255, 255, 0), (140, 82, 0), (140, 0, 12),
+    (0, 140, 129), (255, 140, 150), (0, 70, 140), (140, 129, 0),
+], dtype=np.uint8)
+
+
+def constellation(image: np.ndarray, maps: np.ndarray, labels: Sequence[str], mass: float = 0.5,
+                  fill: float = 0.3, faint: Sequence[bool] | None = None,
+                  palette: np.ndarray = TOKEN_COLORS) -> np.ndarray:
+    """Every map at once on one (dimmed) photo: ``maps`` ``[L, H, W]`` at the image's size.
+
+    Map ``k`` gets ``palette[k]``: its ``mass`` region lightly filled and outlined, and
+    ``labels[k]`` written at its peak. ``faint[k]`` draws a map as a thin outline only (to
+    isolate the others). Returns RGB uint8 ``[H, W, 3]``.
+    """
+    out = np.asarray(image).astype(np.float32)
+    regions = [mass_region(m, mass) for m in maps]
+    for k, region in enumerate(regions):
+        if faint is None or not faint[k]:
+            out[region] = out[region] * (1 - fill) + palette[k % len(palette)].astype(np.float32) * fill
+    canvas = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    thick = max(1, round(min(canvas.shape[:2]) / 200))
+    for k, region in enumerate(regions):
+        color = tuple(int(c) for c in palette[k % len(palette)])
+        weak = faint is not None and faint[k]
+        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if not weak:
+            cv2.drawContours(canvas, contours, -1, (0, 0, 0), thick + 2, lineType=cv2.LINE_AA)
+        cv2.drawContours(canvas, contours, -1, color, 1 if weak else thick, lineType=cv2.LINE_AA)
+    for k, m in enumerate(maps):
+        if faint is None or not faint[k]:
+            y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+            r, g, b = (int(c) for c in palette[k % len(palette)])
+            draw_label(canvas, labels[k], (int(x) - 4, int(y) - 8), (r, g, b))
+    return canvas
+
+
 @lru_cache(maxsize=32)
 def colormap_lut(colormap: Colormap | str) -> np.ndarray:
     """The 256 RGB colours of a colour map: ``[256, 3]`` uint8."""

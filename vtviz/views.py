@@ -245,6 +245,29 @@ def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str
             if row.token == token]
 
 
+def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequence[int] | None = None,
+                       isolate: int | None = None, size: int = 448,
+                       options: RenderOptions = RenderOptions()) -> np.ndarray:
+    """All tokens of one image at once: each token's 50%-mass region in its own colour
+    (:data:`vtviz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
+    photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
+    prediction and a colour legend frame it. RGB uint8."""
+    la = result.maps.layers[layer]
+    toks = list(range(la.num_tokens)) if tokens is None else [t for t in tokens if t < la.num_tokens]
+    src = result.images[image]
+    hw = render.fit_size(src.shape[:2], size)
+    base = render.dim_image(render.resize_image(src, hw), options.dim)
+    full, _ = maps_to_original(la.attention[image, toks], result.geometries[image], hw)
+    faint = None if isolate is None else [t != isolate for t in toks]
+    palette = render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in toks]]
+    pic = render.constellation(base, full.numpy(), [str(t) for t in toks], faint=faint, palette=palette)
+    cls, p = result.top_k(1)[image][0]
+    title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {cls} {p:.0%}", hw[1])
+    leg = render.legend([f"token {t}" for t in toks], palette=palette,
+                        columns=max(1, min(8, hw[1] // 90)))
+    return render.stack_vertical([title, pic, leg])
+
+
 # --------------------------------------------------------------------------- one image, all outputs
 @dataclass(frozen=True)
 class LayerPictures:
@@ -252,7 +275,8 @@ class LayerPictures:
 
     overlays: ``[T, H, W, 3]`` one overlay per token over the original image (longer side
     capped by the caller's ``size``); grid: the tokens tiled with labels and a colour bar;
-    partition: each pixel coloured by its owning token, with a legend.
+    partition: each pixel coloured by its owning token, with a legend; constellation: all
+    tokens at once (:func:`constellation_view`).
     """
 
     layer: int
@@ -261,6 +285,7 @@ class LayerPictures:
     overlays: np.ndarray
     grid: np.ndarray | None
     partition: np.ndarray | None
+    constellation: np.ndarray | None = None
 
 
 def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None = None,
@@ -281,11 +306,12 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
         toks = tuple(t for t in (range(la.num_tokens) if tokens is None else tokens) if t < la.num_tokens)
         unit, _ = _scaled(result, li, toks, MapKind.ATTENTION, options.scale, [image])
         drawn = _draw(base, unit[0], result.geometries[image], options)
-        grid = part = None
+        grid = part = stars = None
         if sheets:
             grid = token_sheet(drawn, toks, f"{title} · {layer_label(li, la)}", options)
             part = partition_view(result, image, li, size=max(hw))
-        out.append(LayerPictures(li, la.kind, toks, drawn, grid, part))
+            stars = constellation_view(result, image, li, toks, size=max(hw), options=options)
+        out.append(LayerPictures(li, la.kind, toks, drawn, grid, part, stars))
     return out
 
 
