@@ -47,16 +47,19 @@ def samples() -> list[Upload]:
 
 
 def run_model(model_key: str, uploads: list[Upload], fit: str) -> tuple[vtviz.ImageMaps | None,
-                                                                        list[str]]:
-    """Explain every image; a bad one becomes an error message and the rest still render."""
-    results, names = [], []
+                                                                        list[Upload]]:
+    """Explain every image; a bad one becomes an error message and the rest still render.
+
+    Returns the maps and the uploads they belong to, in the same order (result i is upload i).
+    """
+    results, kept = [], []
     for up in uploads:
         try:
             results.append(explain_cached(model_key, content_hash(up.data), fit, up))
-            names.append(up.name)
+            kept.append(up)
         except VTVizError as exc:
             st.error(f"Skipped {exc}")
-    return (views.concat(results) if results else None), names
+    return (views.concat(results) if results else None), kept
 
 
 # --------------------------------------------------------------------------- sidebar
@@ -120,7 +123,8 @@ files = st.file_uploader("Drop images here", accept_multiple_files=True, key="im
 uploads = [Upload(f.name, f.getvalue()) for f in files] if files else samples()
 if not files:
     st.caption("Showing the bundled sample photos (see app/samples/README.md); upload your own above.")
-result, names = run_model(model_key, uploads, fit)
+result, shown = run_model(model_key, uploads, fit)
+names = [up.name for up in shown]
 if result is None:
     st.warning("No image could be read.")
     st.stop()
@@ -184,7 +188,8 @@ elif view == VIEWS[1]:
 elif view == VIEWS[2]:
     image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key="tok_image")
     st.image(views.layer_grid(result, image, tokens, kind, options, name=names[image]),
-             caption="one image, token by token: each column is one VT layer's tokenizer")
+             caption="one image: rows are the first layer's tokens; each later layer shows the token "
+                     "matched to it (Hungarian matching of the maps over all images shown)")
 
 elif view == VIEWS[3]:
     others = [m for m in model_labels if m != model_label]
@@ -192,11 +197,19 @@ elif view == VIEWS[3]:
         st.info("Only one model is loaded: add a checkpoint to compare.")
     else:
         other_label = st.selectbox("Compare with", others, key="other_model")
-        other_result, _ = run_model(st.session_state.models[other_label], [uploads[i] for i in page_ids], fit)
+        image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key="cmp_image",
+                             help="One image at a time, so that the comparison stays readable")
+        other_result, _ = run_model(st.session_state.models[other_label], shown, fit)
         if other_result is not None:
-            mine = views.select_images(result, page_ids)
-            st.image(views.model_grid([mine, other_result], [model_label, other_label], layer, tokens,
-                                      kind, options, names=[names[i] for i in page_ids]))
+            # tokens are matched over every image shown, not only this one
+            grid = views.model_grid([result, other_result], [model_label, other_label], layer, tokens,
+                                    kind, options, names=names, image=image)
+            st.image(render.encode(grid, "jpg", quality=92),
+                     caption="rows: tokens of the first model; the second model's column shows the token "
+                             "matched to each (Hungarian matching of their maps over all images shown; "
+                             "'weak': similarity below 0.3, no clear counterpart)")
+            st.download_button("Comparison (PNG)", lambda: views.png_bytes(grid), "vtviz-compare.png",
+                               "image/png")
 
 else:
     token = st.selectbox("Token", tokens, key="detail_token")

@@ -126,6 +126,22 @@ def test_bad_upload_named_others_render(app):
     assert app.image[0].captions[0].startswith("rows: tokens")
 
 
+def test_broken_upload_first_then_compare_models(app):
+    """A failed upload before two good ones: the comparison keeps each upload with its result."""
+    app.run()
+    uploader = [u for u in app.file_uploader if u.label.startswith("Drop")][0]
+    uploader.set_value([("broken.png", b"\x89PNG garbage", "image/png"), ("a.png", _png(4), "image/png"),
+                        ("b.png", _png(5), "image/png")])
+    app.run()
+    _by_label(app.radio, "View").set_value("Compare models")
+    app.run()
+    assert not app.exception, app.exception
+    _by_label(app.selectbox, "Image").set_value(1)
+    app.run()
+    assert not app.exception, app.exception
+    assert len(app.image) == 1 and "matched" in app.image[0].captions[0]
+
+
 def test_bad_checkpoint_keeps_previous_model(app, tmp_path, small_model):
     import pickle
 

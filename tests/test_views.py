@@ -171,3 +171,27 @@ def test_constellation_draws_every_token_in_its_colour():
     isolated = views.constellation_view(res, 0, 0, size=64, isolate=1, options=opts)[title:title + 64]
     assert filled(isolated, 0).sum() <= 0.2 * filled(body, 0).sum()  # token 0: an outline only
     assert filled(isolated, 1).sum() >= 10
+
+
+def test_matching_recovers_a_permutation_of_tokens(small_model, rgb):
+    """Two copies of one model whose tokens are permuted: matching finds the permutation, sim 1."""
+    import copy
+
+    import vtviz
+    from vtviz.maps import match_tokens
+
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    other = copy.deepcopy(small_model)
+    with torch.no_grad():  # token k of the copy is token perm[k] of the original, in every layer
+        other.vt_layers[0].tokenizer.filters.weight.copy_(small_model.vt_layers[0].tokenizer.filters.weight[perm])
+        other.vt_layers[1].tokenizer.filters.weight.copy_(small_model.vt_layers[1].tokenizer.filters.weight[perm])
+    photos = [rgb, rgb[::-1].copy(), np.roll(rgb, 20, axis=1)]
+    a, b = vtviz.explain_images(small_model, photos), vtviz.explain_images(other, photos)
+    torch.testing.assert_close(b.maps.layers[1].attention, a.maps.layers[1].attention[:, perm])
+    for layer in range(2):
+        m = match_tokens(a.maps.layers[layer].attention, b.maps.layers[layer].attention)
+        expected = {int(p): k for k, p in enumerate(perm)}  # original token i -> copy's token
+        assert dict(m.pairs) == expected
+        assert min(m.similarity) == pytest.approx(1.0, abs=1e-5)
+    grid = views.model_grid([a, b], ["original", "permuted"], 0, [0, 1], options=views.RenderOptions(cell=96))
+    assert grid.shape[1] > 2 * 96  # titles fit: cells widen to them

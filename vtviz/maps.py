@@ -454,3 +454,56 @@ def layer_stats(maps: TokenMaps) -> list[LayerStats]:
     acc = StatsAccumulator()
     acc.update(maps)
     return acc.result()
+
+
+# --------------------------------------------------------------------------- matching tokens
+#: A matched pair below this mean map similarity is labelled weak: its tokens do not
+#: clearly correspond (cosine similarity of two random sharp maps is near 0).
+WEAK_MATCH = 0.3
+
+
+@dataclass(frozen=True)
+class TokenMatching:
+    """A one-to-one correspondence between the tokens of two layers or models.
+
+    pairs: ``(i, j)`` for each token ``i`` of the first that has a partner ``j`` in the second;
+    similarity: the mean cosine similarity of their maps over the images compared (same order);
+    images: how many images the similarity is averaged over.
+    """
+
+    pairs: tuple[tuple[int, int], ...]
+    similarity: tuple[float, ...]
+    images: int
+
+    def partner(self, token: int) -> tuple[int, float] | None:
+        """(j, similarity) of token ``token`` of the first, or None when it has no partner."""
+        for (i, j), s in zip(self.pairs, self.similarity):
+            if i == token:
+                return j, s
+        return None
+
+    def label(self, token: int) -> str:
+        """E.g. ``"token 7 · sim 0.82"``, ``"token 3 · sim 0.12 (weak)"`` or ``"unmatched"``."""
+        found = self.partner(token)
+        if found is None:
+            return "unmatched"
+        j, s = found
+        return f"token {j} · sim {s:.2f}" + (" (weak)" if s < WEAK_MATCH else "")
+
+
+def match_tokens(a: Tensor, b: Tensor) -> TokenMatching:
+    """Hungarian matching (SciPy's ``linear_sum_assignment``) of the tokens of two sets of maps
+    of the same images, ``[B, L, h, w]`` and ``[B, L', h', w']``, maximising the summed mean
+    cosine similarity of paired maps (maps of another size are resized to ``a``'s)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"match_tokens needs maps of the same images, got {a.shape[0]} and {b.shape[0]}")
+    if b.shape[-2:] != a.shape[-2:]:
+        b = upsample(b, (a.shape[-2], a.shape[-1]))
+    va = F.normalize(a.float().flatten(2), dim=-1)
+    vb = F.normalize(b.float().flatten(2), dim=-1)
+    sim = torch.bmm(va, vb.transpose(1, 2)).mean(0).cpu().numpy()  # [L, L']
+    rows, cols = linear_sum_assignment(sim, maximize=True)
+    return TokenMatching(tuple((int(i), int(j)) for i, j in zip(rows, cols)),
+                         tuple(float(sim[i, j]) for i, j in zip(rows, cols)), int(a.shape[0]))

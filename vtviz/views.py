@@ -20,7 +20,7 @@ from torch import Tensor
 from . import render
 from .diagnostics import SINK_SHARE, LayerDiagnostics
 from .image import Geometry, maps_to_original
-from .maps import ImageMaps, LayerMaps, Scale, normalize_with_range, token_table
+from .maps import ImageMaps, LayerMaps, Scale, TokenMatching, match_tokens, normalize_with_range, token_table
 from .render import Colormap
 
 
@@ -166,46 +166,78 @@ def token_grid(result: ImageMaps, layer: int, tokens: Sequence[int],
 
 def layer_grid(result: ImageMaps, image: int, tokens: Sequence[int],
                kind: MapKind | str = MapKind.ATTENTION, options: RenderOptions = RenderOptions(),
-               layers: Sequence[int] | None = None, name: str = "") -> np.ndarray:
-    """One image: rows = tokens, columns = layers (e.g. filter vs recurrent tokenizer)."""
+               layers: Sequence[int] | None = None, name: str = "", match: bool = True) -> np.ndarray:
+    """One image: rows = tokens of the first layer, columns = layers (e.g. filter vs recurrent).
+
+    With ``match`` each later layer's column shows the token that corresponds to the row's
+    (:func:`vtviz.maps.match_tokens` on the tokenizer attention over all images of ``result``),
+    labelled with its number and similarity; without it, token *i* beside token *i*.
+    """
     layers = list(range(len(result.maps.layers))) if layers is None else list(layers)
-    per_layer, vmaxes = [], []
+    first = result.maps.layers[layers[0]].attention
+    shape = cell_shape([result.images[image]], options.cell)
+    columns, labels = [], []
     for la in layers:
         k = kind if MapKind(kind) in available_kinds(result.maps.layers[la]) else MapKind.ATTENTION
-        ov, vmax = overlays(result, la, tokens, k, options, [image])
-        per_layer.append(ov[0])
-        vmaxes.append(vmax)
-    cells = [[per_layer[c][t] for c in range(len(layers))] for t in range(len(tokens))]
-    labels = [layer_label(la, result.maps.layers[la]) for la in layers]
-    known = [v for v in vmaxes if v is not None]
-    vmax = max(known) if len(known) == len(vmaxes) else None
-    footer = _scale_footer(options, vmax, min(360, options.cell * len(layers)), kind)
+        matching = match_tokens(first, result.maps.layers[la].attention) if match and la != layers[0] else None
+        columns.append(_matched_column(result, la, tokens, k, options, image, shape, matching))
+        labels.append(layer_label(la, result.maps.layers[la]) + (" (matched)" if matching else ""))
+    footer = _scale_footer(options, None, min(360, options.cell * len(layers)), kind)
+    cells = [[col[t] for col in columns] for t in range(len(tokens))]
     return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
                        title=name or _image_label(result, image, None), footer=footer)
 
 
+def _matched_column(result: ImageMaps, layer: int, tokens: Sequence[int], kind: MapKind | str,
+                    options: RenderOptions, image: int, shape: tuple[int, int],
+                    matching: TokenMatching | None) -> list[np.ndarray]:
+    """One column of a comparison: the overlays of ``tokens`` (or of their partners under
+    ``matching``), each labelled when matched."""
+    if matching is None:
+        ov, _ = overlays(result, layer, tokens, kind, options, [image], shape=shape)
+        return list(ov[0])
+    partners = [(matching.partner(t) or (t, float("nan")))[0] for t in tokens]
+    ov, _ = overlays(result, layer, partners, kind, options, [image], shape=shape)
+    cells = []
+    for t, cell in zip(tokens, ov[0]):
+        text = matching.label(t)
+        strip = render.text_strip(text, cell.shape[1], 16, size=11,
+                                  background=(255, 235, 200) if "weak" in text else (235, 245, 255))
+        cells.append(np.concatenate([strip, cell[16:]], axis=0))
+    return cells
+
+
 def model_grid(results: Sequence[ImageMaps], model_names: Sequence[str], layer: int,
                tokens: Sequence[int], kind: MapKind | str = MapKind.ATTENTION,
-               options: RenderOptions = RenderOptions(), names: Sequence[str] | None = None) -> np.ndarray:
-    """The same images under several models: rows = tokens, columns = (image, model) pairs."""
-    columns, labels, vmaxes = [], [], []
-    n_images = len(results[0].images)
-    shape = cell_shape(results[0].images, options.cell)  # one cell size for every column
-    for i in range(n_images):
-        for res, mname in zip(results, model_names):
-            la = min(layer, len(res.maps.layers) - 1)
-            k = kind if MapKind(kind) in available_kinds(res.maps.layers[la]) else MapKind.ATTENTION
-            ov, vmax = overlays(res, la, tokens, k, options, [i], shape=shape)
-            columns.append(ov[0])
-            vmaxes.append(vmax)
-            cls, p = res.top_k(1)[i][0]
-            image_name = names[i] if names and i < len(names) else f"image {i}"
-            labels.append(f"{image_name} · {mname} ({res.maps.layers[la].kind}): {cls} {p:.0%}")
+               options: RenderOptions = RenderOptions(), names: Sequence[str] | None = None,
+               image: int = 0, match: bool = True) -> np.ndarray:
+    """One image under several models: rows = tokens of the first model, columns = models.
+
+    With ``match`` the other models' columns show, for each row, the token that corresponds
+    (Hungarian matching of their tokenizer maps over all images of ``results``), labelled with
+    its number and similarity (weak pairs marked). Column titles name each model, the layer
+    used and its top prediction; cells widen so that no title is cut.
+    """
+    labels = []
+    for res, mname in zip(results, model_names):
+        la = min(layer, len(res.maps.layers) - 1)
+        cls, p = res.top_k(1)[image][0]
+        labels.append(f"{mname} · layer {la} ({res.maps.layers[la].kind}) · {cls} {p:.0%}")
+    width = max(options.cell, *(render.text_width(t) for t in labels))
+    shape = cell_shape([results[0].images[image]], width)
+    first = results[0].maps.layers[min(layer, len(results[0].maps.layers) - 1)].attention
+    columns = []
+    for n, res in enumerate(results):
+        la = min(layer, len(res.maps.layers) - 1)
+        k = kind if MapKind(kind) in available_kinds(res.maps.layers[la]) else MapKind.ATTENTION
+        matching = match_tokens(first, res.maps.layers[la].attention) if match and n else None
+        columns.append(_matched_column(res, la, tokens, k, options, image, shape, matching))
     cells = [[col[t] for col in columns] for t in range(len(tokens))]
-    # a shared scale is shared within each (image, model) column: models' maps differ in range
-    footer = _scale_footer(options, None, min(360, options.cell * len(columns)), kind)
+    image_name = names[image] if names and image < len(names) else f"image {image}"
+    footer = _scale_footer(options, None, min(360, width * len(columns)), kind)
     return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
-                       title=f"layer {layer} · {MapKind(kind).value}", footer=footer)
+                       title=f"{image_name} · {MapKind(kind).value}" + (" · tokens matched" if match else ""),
+                       footer=footer)
 
 
 def partition_view(result: ImageMaps, image: int, layer: int, size: int = 448,
