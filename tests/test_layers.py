@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "vtviz"
 #: layer of each module: a module may import modules of its own layer or below only
 LAYERS = {
     "errors": 0, "model": 0, "meta": 0, "runtime": 0,
-    "image": 1, "checkpoint": 1, "maps": 1, "data": 1,
+    "ood": 0, "image": 1, "checkpoint": 1, "maps": 1, "data": 1,
     "diagnostics": 2, "render": 2, "views": 2,
     "explain": 3, "session": 3, "evaluate": 3, "export": 3, "teacher": 3,
     "analysis": 4, "train": 4, "cli": 5, "__init__": 5, "__main__": 5,

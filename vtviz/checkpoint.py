@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .errors import CheckpointError
 from .meta import ModelMeta
 from .model import Model, ResNet, VTResNet, build_model
+from .ood import BANK_KEY, OODScorer
 from .runtime import resolve_device
 
 M = TypeVar("M", VTResNet, ResNet)
@@ -46,7 +47,8 @@ def save_model(
     """Write ``model``'s weights and ``meta`` to one safetensors file, atomically.
 
     ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors to save space;
-    they load back into float32.
+    they load back into float32. A VT model's OOD scorer (``model.ood``) goes along: its bank
+    as the tensor ``ood.bank`` (float16), its settings as ``meta.ood``.
     """
     path = Path(path)
     if path.suffix != SUFFIX:
@@ -57,6 +59,9 @@ def save_model(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()
+    if isinstance(model, VTResNet) and model.ood is not None:
+        tensors[BANK_KEY] = model.ood.bank.detach().cpu().to(torch.float16).contiguous()
+        meta = dataclasses.replace(meta, ood=model.ood.meta())
     return _write(tensors, path, meta)
 
 
@@ -189,9 +194,12 @@ def load_model(
     Raises :class:`~vtviz.errors.CheckpointError` with the reason on any bad file.
     """
     tensors, meta, path = read_checkpoint(name_or_path, meta)
+    bank = tensors.pop(BANK_KEY, None)
     try:
         model = build_model(meta.config)
-    except (TypeError, ValueError) as exc:
+        if isinstance(model, VTResNet) and bank is not None and meta.ood is not None:
+            model.ood = OODScorer.from_meta(bank, meta.ood)
+    except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     check_state_dict(model, tensors, str(path))
     reference = model.state_dict()

@@ -48,10 +48,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .explain import predict
+    from .explain import predictions
     from .image import iter_image_files, load_image
 
     model = load_model(args.model, device=args.device)
+    n_classes = len(model_meta(model).classes)
     failed = 0
     for path in iter_image_files(args.images):
         try:
@@ -60,11 +61,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        top = predict(model, [image], k=args.top)[0]
+        pred = predictions(model, [image], k=args.top)[0]
         if args.json:
-            print(json.dumps({"image": str(path), "top": [{"class": c, "p": p} for c, p in top]}))
+            print(json.dumps({"image": str(path), "top": [{"class": c, "p": p} for c, p in pred.top],
+                              "unfamiliar": pred.unfamiliar, "ood_score": pred.ood_score}))
         else:
-            print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+            flag = (f"  [unfamiliar photo: probably none of the {n_classes} classes]" if pred.unfamiliar
+                    else "")
+            print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in pred.top) + flag)
     return 2 if failed else 0
 
 
@@ -84,6 +88,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"recorded in {path}", file=sys.stderr)
     result["model"] = args.model
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_calibrate_ood(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .checkpoint import save_model
+    from .data import read_image_folder
+    from .evaluate import calibrate_ood
+    from .model import VTResNet
+    from .train import dev_split
+
+    model = load_model(args.model, device=args.device)
+    if not isinstance(model, VTResNet):
+        raise CheckpointError(f"{args.model}: the OOD flag needs a VT model")
+    meta = model_meta(model)
+    train = read_image_folder(Path(args.data) / "train", meta.preprocess, class_ids=meta.class_ids or None,
+                              cache_dir=args.cache_dir)
+    _, held_out = dev_split(train.labels, args.dev_fraction, args.seed)
+    model.ood = calibrate_ood(model, train, held_out, bank_size=args.bank, k=args.k, quantile=args.quantile,
+                              seed=args.seed)
+    model.ood.info.update(dev_fraction=args.dev_fraction, data=Path(args.data).name)
+    path = save_model(model.cpu(), args.out, meta, dtype=torch.float16)
+    print(json.dumps({"checkpoint": str(path), **model.ood.meta()}))
     return 0
 
 
@@ -160,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate-ood", help="fit the out-of-distribution flag on training photos")
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="ImageFolder root with train/ (val/ is not read)")
+    p.add_argument("--out", required=True, help="checkpoint to write (the model with its flag)")
+    p.add_argument("--dev-fraction", type=float, default=0.1,
+                   help="held-out share of train/ for the threshold (per class; as vtviz train's)")
+    p.add_argument("--seed", type=int, default=0, help="dev split seed (as vtviz train's)")
+    p.add_argument("--bank", type=int, default=2000, help="training images in the feature bank")
+    p.add_argument("--k", type=int, default=10, help="k of the k-th nearest neighbour")
+    p.add_argument("--quantile", type=float, default=0.95,
+                   help="threshold: this quantile of the held-out training scores")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_calibrate_ood)
 
     p = sub.add_parser("evaluate", help="accuracy and token statistics on an image folder (JSON)")
     p.add_argument("model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from .checkpoint import model_meta
 from .data import ImageFolderData, normalize_batch, read_image_folder, resize_batch
 from .diagnostics import DiagnosticsAccumulator
 from .explain import logits_of, token_maps
+from .image import prepare
 from .maps import StatsAccumulator, TokenMaps, map_correlation
 from .meta import Preprocess
 from .model import Ablation, VTResNet
+from .ood import OODScorer, auroc, fit_ood, pooled_features
 
 #: The ablations ``vtviz evaluate --ablate`` runs, by name (see :class:`~vtviz.model.Ablation`).
 ABLATIONS: dict[str, Ablation] = {
@@ -122,3 +125,43 @@ def evaluate(model: nn.Module, folder: str | Path, *, size: int | None = None,
         raise FileNotFoundError(f"{folder}: no readable images")
     return evaluate_arrays(model, data, pre, batch_size=batch_size, confusion=confusion,
                            progress=progress, ablate=ablate)
+
+
+# --------------------------------------------------------------------------- OOD flag
+def pooled_features_of(model: VTResNet, images: np.ndarray, pre: Preprocess, batch_size: int = 64,
+                       progress: bool = False) -> Tensor:
+    """Pooled, L2-normalised last-layer tokens ``[N, C_T]`` of uint8 images ``[N, S, S, 3]``."""
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, unit="batch"):
+        imgs = torch.from_numpy(np.asarray(images[start:start + batch_size]))
+        x = normalize_batch(resize_batch(imgs, pre.size), pre.mean, pre.std)
+        out.append(pooled_features(token_maps(model, x).layers[-1].tokens.cpu()))
+    return torch.cat(out)
+
+
+def calibrate_ood(model: VTResNet, train: ImageFolderData, held_out: np.ndarray, *, bank_size: int = 2000,
+                  k: int = 10, quantile: float = 0.95, seed: int = 0, progress: bool = True) -> OODScorer:
+    """Fit the OOD flag on training photos: a bank of ``bank_size`` training images (not in
+    ``held_out``) and a threshold at the ``quantile`` of the held-out training images' scores."""
+    pre = model_meta(model).preprocess
+    rest = np.setdiff1d(np.arange(len(train)), held_out)
+    bank_idx = np.sort(np.random.default_rng(seed).choice(rest, size=min(bank_size, len(rest)), replace=False))
+    bank = pooled_features_of(model, np.asarray(train.images)[bank_idx], pre, progress=progress)
+    dev = pooled_features_of(model, np.asarray(train.images)[np.sort(held_out)], pre, progress=progress)
+    return fit_ood(bank, dev, k=k, quantile=quantile, seed=seed)
+
+
+def ood_report(model: VTResNet, inside: np.ndarray, outside: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How the model's OOD flag does: the share of in-distribution images flagged (false alarms),
+    the share of foreign photos flagged (detection) and the AUROC of the score between them.
+    ``inside``: uint8 ``[N, S, S, 3]``; ``outside``: RGB photos of any size."""
+    if model.ood is None:
+        raise ValueError("the model has no OOD flag: calibrate it first (vtviz calibrate-ood)")
+    pre = model_meta(model).preprocess
+    s_in = model.ood.score(pooled_features_of(model, inside, pre))
+    batch, _ = prepare(list(outside), pre)
+    s_out = model.ood.score(pooled_features(token_maps(model, batch).layers[-1].tokens.cpu()))
+    t = model.ood.threshold
+    return {"false_alarm_rate": float((s_in > t).float().mean()), "inside_images": len(s_in),
+            "detection_rate": float((s_out > t).float().mean()), "outside_images": len(s_out),
+            "auroc": auroc(s_in, s_out), "threshold": t}

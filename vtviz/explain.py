@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from .image import ImageSource, load_image, prepare
 from .maps import ImageMaps, TokenMaps, from_output, top_k
 from .meta import Fit, Preprocess
 from .model import NO_ABLATION, Ablation, VTResNet
+from .ood import pooled_features
 from .runtime import inference, to_model_input
 
 
@@ -59,18 +61,51 @@ def explain_images(model: nn.Module, images: Sequence[ImageSource | np.ndarray],
     rgb = [load_image(im) for im in images]
     batch, geometries = prepare(rgb, pre)
     maps = token_maps(model, batch, amp=amp).cpu()
-    return ImageMaps(rgb, geometries, maps, model_meta(model).classes)
+    scores, threshold = ood_scores(model, maps)
+    return ImageMaps(rgb, geometries, maps, model_meta(model).classes, scores, threshold)
+
+
+def ood_scores(model: nn.Module, maps: TokenMaps) -> tuple[tuple[float, ...] | None, float | None]:
+    """Each image's out-of-distribution score and the model's threshold (None, None when the
+    model has no OOD flag): see :mod:`vtviz.ood`."""
+    if not isinstance(model, VTResNet) or model.ood is None:
+        return None, None
+    features = pooled_features(maps.layers[-1].tokens)
+    return tuple(float(s) for s in model.ood.score(features)), model.ood.threshold
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's prediction: top-k (class, probability), and the out-of-distribution score
+    and flag (None for a model without one: see :mod:`vtviz.ood`)."""
+
+    top: list[tuple[str, float]]
+    ood_score: float | None = None
+    unfamiliar: bool | None = None
+
+
+def predictions(model: nn.Module, images: Sequence[ImageSource], k: int = 5, *,
+                batch_size: int = 32, amp: bool | None = None) -> list[Prediction]:
+    """Top-k classes and the out-of-distribution flag for each image, in batches."""
+    pre = preprocess_for(model)
+    classes = model_meta(model).classes
+    out: list[Prediction] = []
+    for chunk in _chunks(list(images), batch_size):
+        batch, _ = prepare([load_image(im) for im in chunk], pre)
+        if isinstance(model, VTResNet) and model.ood is not None:
+            maps = token_maps(model, batch, amp=amp).cpu()
+            scores, threshold = ood_scores(model, maps)
+            assert scores is not None and threshold is not None
+            out += [Prediction(t, s, s > threshold) for t, s in zip(top_k(maps.logits, classes, k), scores)]
+        else:
+            out += [Prediction(t) for t in top_k(logits_of(model, batch, amp=amp).cpu(), classes, k)]
+    return out
 
 
 def predict(model: nn.Module, images: Sequence[ImageSource], k: int = 5, *,
             batch_size: int = 32, amp: bool | None = None) -> list[list[tuple[str, float]]]:
-    """Top-k (class, probability) for each image, in batches."""
-    pre = preprocess_for(model)
-    results: list[list[tuple[str, float]]] = []
-    for chunk in _chunks(list(images), batch_size):
-        batch, _ = prepare([load_image(im) for im in chunk], pre)
-        results += top_k(logits_of(model, batch, amp=amp).cpu(), model_meta(model).classes, k)
-    return results
+    """Top-k (class, probability) for each image, in batches (:func:`predictions` without flags)."""
+    return [p.top for p in predictions(model, images, k, batch_size=batch_size, amp=amp)]
 
 
 def logits_of(model: nn.Module, batch: Tensor, *, amp: bool | None = None) -> Tensor:

@@ -32,7 +32,7 @@ from . import render, views
 from .checkpoint import model_meta
 from .diagnostics import image_diagnostics
 from .errors import ImageError
-from .explain import preprocess_for, token_maps
+from .explain import ood_scores, preprocess_for, token_maps
 from .image import Geometry, fit_image, load_image, to_tensor
 from .maps import ImageMaps, Scale, TokenMaps, token_table
 from .meta import Fit, Preprocess
@@ -254,7 +254,7 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
 
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
-                out_dir: Path) -> dict[str, Any]:
+                out_dir: Path, ood: dict[str, Any] | None = None) -> dict[str, Any]:
     """Draw (through :func:`vtviz.views.image_pictures`), encode and write all outputs of one
     image whose maps are ``maps`` (batch of one); returns its manifest record."""
     assert item.image is not None and item.geometry is not None
@@ -266,6 +266,7 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
         "source": item.source, "status": "ok", "sha256": item.sha256, "size": [w0, h0],
         "output_dir": folder,
         "top5": [{"class": c, "p": round(p, 4)} for c, p in one.top_k(5)[0]],
+        "ood": ood,  # out-of-distribution score and flag (None: the model has none)
         "layers": [],
     }
     record["diagnostics"] = image_diagnostics(maps)[0]
@@ -352,8 +353,11 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 return
             x = to_tensor([b.fitted for b in batch], pre)  # type: ignore[misc]
             maps = token_maps(model, x).cpu()
+            scores, threshold = ood_scores(model, maps)
             for j, item in enumerate(batch):
-                pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out))
+                ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
+                                                   "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
+                pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out, ood))
             batch.clear()
             drain(2 * writers)
 

@@ -124,13 +124,30 @@ class ImageMaps:
     """Maps of a batch of images, with what is needed to draw them over the originals.
 
     images: original RGB uint8 arrays ``[H_i, W_i, 3]``; geometries: where each sits in
-    the input; maps: :class:`TokenMaps` for the batch (on the CPU); classes: label names.
+    the input; maps: :class:`TokenMaps` for the batch (on the CPU); classes: label names;
+    ood_scores: each image's out-of-distribution score (:mod:`vtviz.ood`) and ood_threshold
+    the model's flag level, both None for a model without the flag.
     """
 
     images: list[np.ndarray]
     geometries: list[Geometry]
     maps: TokenMaps
     classes: tuple[str, ...]
+    ood_scores: tuple[float, ...] | None = None
+    ood_threshold: float | None = None
+
+    def unfamiliar(self) -> list[bool] | None:
+        """Per image: True when it is unlike the training photos (its prediction is then not to
+        be trusted: probably none of the model's classes); None without an OOD flag."""
+        if self.ood_scores is None or self.ood_threshold is None:
+            return None
+        return [s > self.ood_threshold for s in self.ood_scores]
+
+    def prediction_label(self, i: int) -> str:
+        """E.g. ``"tench 97%"`` or ``"tench 97% · unfamiliar photo"`` for image ``i``."""
+        cls, p = self.top_k(1)[i][0]
+        flags = self.unfamiliar()
+        return f"{cls} {p:.0%}" + (" · unfamiliar photo" if flags and flags[i] else "")
 
     def top_k(self, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class, probability) per image."""
@@ -142,15 +159,19 @@ class ImageMaps:
     def select(self, index: Sequence[int]) -> ImageMaps:
         """The given images, in that order."""
         idx = list(index)
+        scores = None if self.ood_scores is None else tuple(self.ood_scores[i] for i in idx)
         return ImageMaps([self.images[i] for i in idx], [self.geometries[i] for i in idx],
-                         self.maps.select(idx), self.classes)
+                         self.maps.select(idx), self.classes, scores, self.ood_threshold)
 
     @staticmethod
     def concat(parts: Sequence[ImageMaps]) -> ImageMaps:
         """Join results of separate runs of the same model (images in order)."""
+        scores = (None if any(p.ood_scores is None for p in parts)
+                  else tuple(s for p in parts for s in p.ood_scores or ()))
         return ImageMaps([im for p in parts for im in p.images],
                          [g for p in parts for g in p.geometries],
-                         TokenMaps.concat([p.maps for p in parts]), parts[0].classes)
+                         TokenMaps.concat([p.maps for p in parts]), parts[0].classes, scores,
+                         parts[0].ood_threshold)
 
 
 def top_k(logits: Tensor, classes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:

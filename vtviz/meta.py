@@ -56,7 +56,8 @@ class ModelMeta:
 
     config: the architecture; classes: display names by label index; class_ids:
     dataset ids (e.g. ImageNet wnids) by label index; preprocess: input recipe;
-    training: free-form summary (data, recipe, epochs, wall time, hardware, accuracy).
+    training: free-form summary (data, recipe, epochs, wall time, hardware, accuracy);
+    ood: settings of the out-of-distribution flag (:mod:`vtviz.ood`), None without one.
     """
 
     config: ModelConfig
@@ -66,10 +67,12 @@ class ModelMeta:
     name: str = ""
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    ood: dict[str, Any] | None = None  # out-of-distribution flag settings (vtviz.ood)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return {
+            **({"ood": self.ood} if self.ood is not None else {}),
             "config": self.config.to_dict(),
             "classes": list(self.classes),
             "class_ids": list(self.class_ids),
@@ -90,4 +93,5 @@ class ModelMeta:
             name=d.get("name", ""),
             description=d.get("description", ""),
             training=dict(d.get("training", {})),
+            ood=dict(d["ood"]) if d.get("ood") is not None else None,
         )

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from .meta import ModelMeta
+    from .ood import OODScorer
 
 TokenizerKind = Literal["filter", "recurrent"]
 TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("filter", "recurrent")
@@ -482,6 +483,7 @@ class VTResNet(nn.Module):
             raise ValueError(f"a VT-ResNet has 3 ResNet stages, config.blocks is {list(config.blocks)}")
         self.config = config
         self.meta: ModelMeta | None = None  # set by vtviz.load_model / attach_meta
+        self.ood: OODScorer | None = None  # the out-of-distribution flag, when calibrated
         self.stem = ResNetStem(config.blocks, config.padding_mode)
         n = len(config.tokenizers)
         self.vt_layers = nn.ModuleList(

@@ -146,8 +146,7 @@ def _scale_footer(options: RenderOptions, vmax: float | None, length: int,
 
 def _image_label(result: ImageMaps, i: int, names: Sequence[str] | None) -> str:
     name = names[i] if names and i < len(names) else f"image {i}"
-    cls, p = result.top_k(1)[i][0]
-    return f"{cls} {p:.0%} · {name}"  # the prediction first: long file names get cut
+    return f"{result.prediction_label(i)} · {name}"  # the prediction first: long file names get cut
 
 
 def token_grid(result: ImageMaps, layer: int, tokens: Sequence[int],
@@ -221,8 +220,7 @@ def model_grid(results: Sequence[ImageMaps], model_names: Sequence[str], layer: 
     labels = []
     for res, mname in zip(results, model_names):
         la = min(layer, len(res.maps.layers) - 1)
-        cls, p = res.top_k(1)[image][0]
-        labels.append(f"{mname} · layer {la} ({res.maps.layers[la].kind}) · {cls} {p:.0%}")
+        labels.append(f"{mname} · layer {la} ({res.maps.layers[la].kind}) · {res.prediction_label(image)}")
     width = max(options.cell, *(render.text_width(t) for t in labels))
     shape = cell_shape([results[0].images[image]], width)
     first = results[0].maps.layers[min(layer, len(results[0].maps.layers) - 1)].attention
@@ -293,8 +291,7 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     faint = None if isolate is None else [t != isolate for t in toks]
     palette = render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in toks]]
     pic = render.constellation(base, full.numpy(), [str(t) for t in toks], faint=faint, palette=palette)
-    cls, p = result.top_k(1)[image][0]
-    title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {cls} {p:.0%}", hw[1])
+    title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
     leg = render.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
     return render.stack_vertical([title, pic, leg])
