@@ -21,7 +21,7 @@ from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap
 from vtviz.runtime import device_label
-from vtviz.session import ModelStore, Upload, content_hash, explain_upload
+from vtviz.session import ModelStore, Upload, content_hash, explain_upload, sample_uploads
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-r18-imagenette"
@@ -42,8 +42,9 @@ def explain_cached(model_key: str, image_hash: str, fit: str, _upload: Upload) -
     return explain_upload(store().get(model_key), _upload, fit=fit)
 
 
-def samples() -> list[Upload]:
-    return [Upload(p.name, p.read_bytes()) for p in sorted(SAMPLES.glob("*.jpg"))]
+@st.cache_data(show_spinner=False)
+def samples() -> tuple[list[Upload], bool]:
+    return sample_uploads(SAMPLES)
 
 
 def run_model(model_key: str, uploads: list[Upload], fit: str) -> tuple[vtviz.ImageMaps | None,
@@ -92,6 +93,12 @@ model_label = sb.selectbox("Model", model_labels, index=default)
 model_key = st.session_state.models[model_label]
 model = store().get(model_key)
 meta = vtviz.model_meta(model)
+with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
+    st.write(", ".join(meta.classes))
+    st.caption("Any other photo is still forced into one of these; a photo unlike the training photos "
+               "is marked 'unfamiliar photo' when the model has an out-of-distribution flag"
+               + ("." if isinstance(model, vtviz.VTResNet) and model.ood is not None
+                  else " (this model has none).") )
 kinds = list(meta.config.tokenizers)
 layer = sb.radio("Layer", range(len(kinds)), format_func=lambda i: f"layer {i} · {kinds[i]}",
                  index=0, horizontal=True)
@@ -120,9 +127,14 @@ options = views.RenderOptions(Colormap(colormap), alpha, Scale(scale), cell=200,
 st.title("What do the visual tokens see?")
 # No type filter: vtviz decodes by content (".JPEG", ".jfif", ... all work) and names bad files.
 files = st.file_uploader("Drop images here", accept_multiple_files=True, key="images")
-uploads = [Upload(f.name, f.getvalue()) for f in files] if files else samples()
-if not files:
-    st.caption("Showing the bundled sample photos (see app/samples/README.md); upload your own above.")
+uploads, familiar = ([Upload(f.name, f.getvalue()) for f in files], False) if files else samples()
+if not files and familiar:
+    st.caption(f"Showing {len(uploads) - 1} Imagenette val photos (ImageNet's terms: research and education; "
+               "read from the dataset beside the repository, not part of vtviz) and one photo of something "
+               "the model does not know (the cat), to show the 'unfamiliar photo' flag. Upload your own above.")
+elif not files:
+    st.caption("Showing the bundled sample photos (see app/samples/README.md): none is of the model's classes. "
+               "Upload your own above.")
 result, shown = run_model(model_key, uploads, fit)
 names = [up.name for up in shown]
 if result is None:

@@ -29,6 +29,7 @@ def app(app_models, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(session, "explain_upload", counting)
+    monkeypatch.setattr(session, "SAMPLE_DATA", None)  # the four bundled photos, dataset or not
     at = AppTest.from_file(APP, default_timeout=60)
     at.calls = calls  # type: ignore[attr-defined]
     return at
@@ -201,3 +202,19 @@ def test_app_warns_on_degenerate_mixing(app, tmp_path, monkeypatch):
     app.run()
     warnings = [w.value for w in app.warning if "Token mixing is degenerate here" in w.value]
     assert warnings and "nearly one map" in warnings[0]
+
+
+def test_samples_prefer_photos_of_known_classes(tmp_path):
+    """With a dataset split beside the repository, the app opens on one photo of each of its
+    first classes (read, not copied) plus one foreign photo for the 'unfamiliar' flag."""
+    from pathlib import Path
+
+    bundled = Path(APP).parent / "samples"
+    for cls in ("n1", "n2", "n3"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            (tmp_path / cls / f"{i}.JPEG").write_bytes(_png(i))
+    uploads, familiar = session.sample_uploads(bundled, tmp_path, classes=2)
+    assert familiar and [u.name for u in uploads] == ["n1/0.JPEG", "n2/0.JPEG", "chelsea.jpg"]
+    uploads, familiar = session.sample_uploads(bundled, tmp_path / "missing")
+    assert not familiar and len(uploads) == 4

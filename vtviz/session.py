@@ -4,6 +4,7 @@ store, uploaded checkpoints kept safely on disk, and per-image inference keyed b
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -76,3 +77,32 @@ def explain_upload(model: nn.Module, upload: Upload, fit: Fit | str | None = Non
     """Decode one uploaded image (errors name the file) and explain it."""
     image = load_image(upload.data, name=upload.name, max_pixels=max_pixels)
     return explain_images(model, [image], fit=fit)
+
+
+#: Where the app looks for in-distribution sample photos: an ImageFolder split whose class
+#: folders match the model's classes (Imagenette's val beside the repository by default;
+#: ``VTVIZ_SAMPLE_DATA`` names another, or "" for none). The photos are read, never copied.
+_SAMPLE_ENV = os.environ.get("VTVIZ_SAMPLE_DATA")
+SAMPLE_DATA: Path | None = (Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenette" / "val"
+                            if _SAMPLE_ENV is None else Path(_SAMPLE_ENV) if _SAMPLE_ENV else None)
+
+
+def sample_uploads(bundled: Path, data: Path | None | str = "default", classes: int = 5,
+                   foreign: str = "chelsea.jpg") -> tuple[list[Upload], bool]:
+    """The app's sample photos and whether they include in-distribution ones.
+
+    With ``data`` present: the first photo (by name) of each of its first ``classes`` class
+    folders, then the bundled ``foreign`` photo (a class the model does not know, to show the
+    out-of-distribution flag). Without it: every bundled photo (``bundled/*.jpg``).
+    """
+    data = SAMPLE_DATA if data == "default" else (Path(data) if data else None)
+    folders = sorted(p for p in data.iterdir() if p.is_dir()) if data and data.is_dir() else []
+    picked = []
+    for folder in folders[:classes]:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if files:
+            picked.append(Upload(f"{folder.name}/{files[0].name}", files[0].read_bytes()))
+    if picked:
+        extra = bundled / foreign
+        return picked + ([Upload(extra.name, extra.read_bytes())] if extra.is_file() else []), True
+    return [Upload(p.name, p.read_bytes()) for p in sorted(bundled.glob("*.jpg"))], False
