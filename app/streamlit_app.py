@@ -98,7 +98,7 @@ with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
     st.caption("Any other photo is still forced into one of these; a photo unlike the training photos "
                "is marked 'unfamiliar photo' when the model has an out-of-distribution flag"
                + ("." if isinstance(model, vtviz.VTResNet) and model.ood is not None
-                  else " (this model has none).") )
+                  else " (this model has none)."))
 kinds = list(meta.config.tokenizers)
 layer = sb.radio("Layer", range(len(kinds)), format_func=lambda i: f"layer {i} · {kinds[i]}",
                  index=0, horizontal=True)
