@@ -183,7 +183,8 @@ if view == VIEWS[0]:
     c2.download_button("Overlays (ZIP)",
                        lambda: views.overlays_zip(result, layer, tokens, options, names),
                        "vtviz-overlays.zip", "application/zip")
-    c3.download_button("Raw maps (NPZ)", lambda: views.maps_npz(result), "vtviz-maps.npz",
+    c3.download_button("Raw maps (NPZ)", lambda: views.maps_npz(result, names, model_label),
+                       "vtviz-maps.npz",
                        "application/octet-stream")
 
 elif view == VIEWS[1]:

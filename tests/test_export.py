@@ -17,6 +17,7 @@ from PIL import Image
 from tests.test_image import huge_png
 from vtviz.cli import main as cli
 from vtviz.export import TMP_SUFFIX, load_manifest, safe_name
+from vtviz.maps import read_maps_npz
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -93,16 +94,19 @@ def test_export_folder_with_bad_inputs(tmp_path, checkpoint, rgb):
         # the peak cell's centre, placed on the original photo through its geometry
         w, h = r["size"]
         assert 0 <= token["peak_xy"][0] <= w and 0 <= token["peak_xy"][1] <= h
-        raw0 = np.load(out / r["raw"])["layer0_attention"][3]
+        raw0 = np.load(out / r["raw"])["layer0_attention"][0, 3]
         assert list(np.unravel_index(raw0.argmax(), raw0.shape)) == token["peak"]
         for rel in [token["file"], r["layers"][0]["grid"], r["layers"][1]["partition"], r["raw"]]:
             assert (out / rel).is_file()
         w, h = r["size"]
         assert Image.open(out / token["file"]).size == (w, h)  # drawn on the original geometry
         raw = np.load(out / r["raw"])
-        assert raw["layer0_attention"].shape == (16, 4, 4)
+        assert raw["layer0_attention"].shape == (1, 16, 4, 4)
         np.testing.assert_allclose(raw["layer0_attention"].sum((-2, -1)), 1, atol=1e-5)
-        assert "layer1_assignment" not in raw and raw["logits"].shape == (5,)
+        assert "layer1_assignment" not in raw and raw["logits"].shape == (1, 5)
+        saved = read_maps_npz(out / r["raw"])  # stands on its own: names, classes, geometry
+        assert saved.names == [Path(r["source"]).name] and saved.kinds == ["filter", "recurrent"]
+        assert saved.geometries[0].original_size == (h, w)
     assert not list(out.rglob(f"*{TMP_SUFFIX}"))
 
 

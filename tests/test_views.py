@@ -195,3 +195,18 @@ def test_matching_recovers_a_permutation_of_tokens(small_model, rgb):
         assert min(m.similarity) == pytest.approx(1.0, abs=1e-5)
     grid = views.model_grid([a, b], ["original", "permuted"], 0, [0, 1], options=views.RenderOptions(cell=96))
     assert grid.shape[1] > 2 * 96  # titles fit: cells widen to them
+
+
+def test_npz_download_stands_on_its_own():
+    from vtviz.maps import read_maps_npz
+
+    res = _result(2)
+    data = views.maps_npz(res, ["a.jpg", "b.png"], "my-model")
+    saved = read_maps_npz(data)
+    assert saved.names == ["a.jpg", "b.png"] and saved.model == "my-model" and saved.kinds == ["filter", "recurrent"]
+    assert saved.classes == res.classes and saved.geometries == res.geometries
+    for a, b in zip(saved.maps.layers, res.maps.layers):
+        torch.testing.assert_close(a.attention, b.attention)
+        assert (a.assignment is None) == (b.assignment is None)
+    with pytest.raises(ValueError, match="not a vtviz maps file"):
+        read_maps_npz(views.npz_bytes({"x": np.zeros(2)}))

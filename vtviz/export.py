@@ -254,12 +254,13 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
 
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
-                out_dir: Path, ood: dict[str, Any] | None = None) -> dict[str, Any]:
+                out_dir: Path, ood: dict[str, Any] | None = None, model_name: str = "") -> dict[str, Any]:
     """Draw (through :func:`vtviz.views.image_pictures`), encode and write all outputs of one
     image whose maps are ``maps`` (batch of one); returns its manifest record."""
     assert item.image is not None and item.geometry is not None
     folder = safe_name(item.path)
-    one = ImageMaps([item.image], [item.geometry], maps, tuple(classes))
+    one = ImageMaps([item.image], [item.geometry], maps, tuple(classes),
+                    None if ood is None else (ood["score"],), None if ood is None else ood["threshold"])
     layers = [i for i in range(len(maps.layers)) if opts.layers is None or i in opts.layers]
     h0, w0 = item.image.shape[:2]
     record: dict[str, Any] = {
@@ -294,7 +295,8 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
         record["layers"].append(entry)
     if opts.raw:
         record["raw"] = f"{folder}/maps.npz"
-        atomic_write(out_dir / record["raw"], views.npz_bytes({k: v[0] for k, v in views.raw_arrays(one).items()}))
+        arrays = views.raw_arrays(one, names=[item.path.name], model=model_name)
+        atomic_write(out_dir / record["raw"], views.npz_bytes(arrays))
     return record
 
 
@@ -357,7 +359,8 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             for j, item in enumerate(batch):
                 ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
-                pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out, ood))
+                pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out, ood,
+                                           summary.model))
             batch.clear()
             drain(2 * writers)
 

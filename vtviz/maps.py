@@ -9,6 +9,7 @@ import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -528,3 +529,54 @@ def match_tokens(a: Tensor, b: Tensor) -> TokenMatching:
     rows, cols = linear_sum_assignment(sim, maximize=True)
     return TokenMatching(tuple((int(i), int(j)) for i, j in zip(rows, cols)),
                          tuple(float(sim[i, j]) for i, j in zip(rows, cols)), int(a.shape[0]))
+
+
+# --------------------------------------------------------------------------- saved maps
+@dataclass(frozen=True)
+class SavedMaps:
+    """Maps read back from a ``maps.npz`` (app download or ``vtviz export``): everything but the
+    photos themselves. maps: :class:`TokenMaps` ``[N, ...]``; names, classes, model; geometries
+    place the maps on the original photos (:func:`vtviz.maps_to_original`); token vectors are
+    not stored (``tokens`` is ``[N, L, 0]``); ood_scores and
+    ood_threshold when the model had the flag."""
+
+    maps: TokenMaps
+    names: list[str]
+    classes: tuple[str, ...]
+    model: str
+    geometries: list[Geometry]
+    ood_scores: tuple[float, ...] | None = None
+    ood_threshold: float | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        """Tokenizer kind per layer."""
+        return self.maps.kinds
+
+
+def read_maps_npz(source: str | Path | bytes) -> SavedMaps:
+    """Read a ``maps.npz`` written by the app or by ``vtviz export`` (keys of
+    :func:`vtviz.views.raw_arrays`); raises ValueError naming what is missing."""
+    import io
+
+    f = np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False)
+    need = {"logits", "names", "classes", "kinds", "input_size", "original_size", "scale", "offset"}
+    missing = sorted(need - set(f.files))
+    if missing:
+        raise ValueError(f"{source if not isinstance(source, bytes) else 'npz'}: not a vtviz maps file "
+                         f"(missing {missing})")
+    kinds = [str(k) for k in f["kinds"]]
+    layers = []
+    for i, kind in enumerate(kinds):
+        att = torch.from_numpy(f[f"layer{i}_attention"])
+        mix = torch.from_numpy(f[f"layer{i}_token_mixing"])
+        asg = torch.from_numpy(f[f"layer{i}_assignment"]) if f"layer{i}_assignment" in f.files else None
+        layers.append(LayerMaps(kind, att, mix, asg, torch.zeros(att.shape[0], att.shape[1], 0)))
+    input_size = (int(f["input_size"][0]), int(f["input_size"][1]))
+    geos = [Geometry((int(o[0]), int(o[1])), input_size, (float(s[0]), float(s[1])), (float(t[0]), float(t[1])))
+            for o, s, t in zip(f["original_size"], f["scale"], f["offset"])]
+    scores = tuple(float(v) for v in f["ood_scores"]) if "ood_scores" in f.files else None
+    threshold = float(f["ood_threshold"]) if "ood_threshold" in f.files else None
+    return SavedMaps(TokenMaps(torch.from_numpy(f["logits"]), tuple(layers), input_size),
+                     [str(n) for n in f["names"]], tuple(str(c) for c in f["classes"]),
+                     str(f["model"]) if "model" in f.files else "", geos, scores, threshold)

@@ -377,12 +377,30 @@ def overlays_zip(result: ImageMaps, layer: int, tokens: Sequence[int], options: 
     return buf.getvalue()
 
 
-def raw_arrays(result: ImageMaps, images: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """Raw float maps and logits of some images (all by default), keyed as in ``maps.npz``:
+def raw_arrays(result: ImageMaps, images: Sequence[int] | None = None, names: Sequence[str] = (),
+               model: str = "") -> dict[str, np.ndarray]:
+    """Raw float maps and logits of some images (all by default), keyed as in ``maps.npz``,
+    with everything needed to use them alone (:func:`vtviz.maps.read_maps_npz` reads them back):
     ``logits`` ``[N, classes]``, ``layer{i}_attention`` ``[N, L, h, w]``,
-    ``layer{i}_token_mixing`` ``[N, L, L]``, ``layer{i}_assignment`` ``[N, L, h, w]``."""
-    maps = result.maps if images is None else result.maps.select(list(images))
-    arrays: dict[str, np.ndarray] = {"logits": maps.logits.numpy()}
+    ``layer{i}_token_mixing`` ``[N, L, L]``, ``layer{i}_assignment`` ``[N, L, h, w]``,
+    ``names`` ``[N]``, ``classes``, ``kinds`` (per layer), ``model``, ``input_size`` ``[2]``,
+    and each image's geometry on its original: ``original_size``, ``scale``, ``offset`` ``[N, 2]``
+    (and ``ood_scores`` ``[N]`` with ``ood_threshold`` when the model has the flag)."""
+    idx = list(range(len(result.images))) if images is None else list(images)
+    maps = result.maps.select(idx)
+    geos = [result.geometries[i] for i in idx]
+    arrays: dict[str, np.ndarray] = {
+        "logits": maps.logits.numpy(),
+        "names": np.array([names[i] if i < len(names) else f"image {i}" for i in idx]),
+        "classes": np.array(result.classes), "kinds": np.array(maps.kinds), "model": np.array(model),
+        "input_size": np.array(maps.input_size),
+        "original_size": np.array([g.original_size for g in geos], np.int64),
+        "scale": np.array([g.scale for g in geos], np.float64),
+        "offset": np.array([g.offset for g in geos], np.float64),
+    }
+    if result.ood_scores is not None and result.ood_threshold is not None:
+        arrays["ood_scores"] = np.array([result.ood_scores[i] for i in idx])
+        arrays["ood_threshold"] = np.array(result.ood_threshold)
     for i, la in enumerate(maps.layers):
         arrays[f"layer{i}_attention"] = la.attention.numpy()
         arrays[f"layer{i}_token_mixing"] = la.token_mixing.numpy()
@@ -398,9 +416,10 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def maps_npz(result: ImageMaps) -> bytes:
-    """Raw float maps and logits of all images as ``.npz`` bytes (:func:`raw_arrays`)."""
-    return npz_bytes(raw_arrays(result))
+def maps_npz(result: ImageMaps, names: Sequence[str] = (), model: str = "") -> bytes:
+    """Raw float maps, logits and what describes them, of all images, as ``.npz`` bytes
+    (:func:`raw_arrays`)."""
+    return npz_bytes(raw_arrays(result, names=names, model=model))
 
 
 def png_bytes(image: np.ndarray) -> bytes:
