@@ -17,6 +17,7 @@ import vtviz
 from vtviz import render, views
 from vtviz.diagnostics import diagnose
 from vtviz.errors import CheckpointError, VTVizError
+from vtviz.export import parse_indices
 from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap
@@ -89,7 +90,8 @@ if not model_labels:
              "or upload one in the sidebar.")
     st.stop()
 default = model_labels.index(DEFAULT_MODEL) if DEFAULT_MODEL in model_labels else 0
-model_label = sb.selectbox("Model", model_labels, index=default)
+model_label = sb.selectbox("Model", model_labels, index=default,
+                           help="A bundled model, or one loaded below from a checkpoint file")
 model_key = st.session_state.models[model_label]
 model = store().get(model_key)
 meta = vtviz.model_meta(model)
@@ -101,15 +103,28 @@ with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
                   else " (this model has none)."))
 kinds = list(meta.config.tokenizers)
 layer = sb.radio("Layer", range(len(kinds)), format_func=lambda i: f"layer {i} · {kinds[i]}",
-                 index=0, horizontal=True)
+                 index=0, horizontal=True,
+                 help="Which VT module: the first has a filter-based tokenizer (fixed learned filters), "
+                      "later ones a recurrent tokenizer (filters computed from the previous tokens)")
 num_tokens = meta.config.num_tokens
-tokens = sb.multiselect("Tokens", list(range(num_tokens)), default=list(range(num_tokens)))
-tokens = sorted(tokens) or [0]
+token_text = sb.text_input("Tokens", f"0-{num_tokens - 1}",
+                           help=f"Token numbers and ranges, e.g. 0-3,7 (0 to {num_tokens - 1})")
+try:
+    tokens = sorted({t for t in (parse_indices(token_text) or range(num_tokens)) if 0 <= t < num_tokens}) or [0]
+except ValueError:
+    sb.warning(f"Could not read '{token_text}' as token numbers (e.g. 0-3,7): showing all tokens.")
+    tokens = list(range(num_tokens))
 kind_names = {views.MapKind.ATTENTION: "tokenizer attention",
               views.MapKind.MIXED: "token-mixed attention",
               views.MapKind.ASSIGNMENT: "projector assignment"}
-kind = sb.radio("Map", list(views.MapKind), format_func=lambda k: kind_names[k])
-colormap = sb.selectbox("Colour map", [c.value for c in Colormap], index=0)
+has_projector = layer < len(kinds) - 1  # the last module feeds the classifier: no projector
+kind = sb.radio("Map", [k for k in views.MapKind if has_projector or k is not views.MapKind.ASSIGNMENT],
+                format_func=lambda k: kind_names[k],
+                help="Tokenizer attention: where each token pools from (sums to 1 over the map). "
+                     "Token-mixed: the same after the transformer mixes tokens. Projector assignment: how "
+                     "much each pixel takes from the token (not on the last layer, which has no projector)")
+colormap = sb.selectbox("Colour map", [c.value for c in Colormap], index=0,
+                        help="Colours of map values, low to high (see the colour bar under the grid)")
 DEFAULTS = views.RenderOptions()
 alpha = sb.slider("Opacity", 0.0, 1.0, DEFAULTS.alpha, 0.05,
                   help="Largest opacity of a map; weaker parts fade out (opacity = this x value^0.3)")
@@ -117,7 +132,9 @@ dim = sb.slider("Dim photo", 0.0, 1.0, DEFAULTS.dim, 0.05,
                 help="Grey and darken the photo under the maps so that they stand out")
 scale = sb.radio("Colour scale", [Scale.PER_MAP.value, Scale.SHARED.value],
                  format_func=lambda s: {"per_map": "each map on its own",
-                                        "shared": "shared by all images"}[s])
+                                        "shared": "shared by all images"}[s],
+                 help="Each map on its own: every map from its min to its max (shapes comparable). "
+                      "Shared: one range 0..max for all maps drawn (strengths comparable too)")
 fits = [f.value for f in Fit]
 fit = sb.selectbox("Fit images", fits, index=fits.index(meta.preprocess.fit.value),
                    help="crop: the centre square; letterbox: whole photo; stretch: as Imagenette")
@@ -146,10 +163,6 @@ if n_images > PAGE:
     pages = -(-n_images // PAGE)
     page = st.number_input(f"Page (of {pages}, {PAGE} images each)", 1, pages, 1)
     page_ids = page_ids[(page - 1) * PAGE: page * PAGE]
-layer_maps = result.maps.layers[layer]
-if kind not in views.available_kinds(layer_maps):
-    st.info("The last layer has no projector (its tokens feed the classifier): showing tokenizer attention.")
-    kind = views.MapKind.ATTENTION
 
 diagnostics = diagnose(result.maps)
 for warning in views.view_warnings(diagnostics[layer], kind):
@@ -230,8 +243,14 @@ else:
     ov, _ = views.overlays(result, layer, [token], kind, big, page_ids)
     st.image([o[0] for o in ov], caption=[names[i] for i in page_ids], width=320)
     stats = views.token_statistics(result, layer, token)
-    st.dataframe([{"image": names[s["image"]], **{k: v for k, v in s.items() if k != "image"}}
+    st.dataframe([{"image": names[s["image"]], **{k: v for k, v in s.items() if k not in ("image", "layer")}}
                   for s in stats if s["image"] in page_ids])
+    st.caption("entropy: of the map over its cells, / ln(number of cells) (1 = spread evenly, 0 = one cell); "
+               "peak: [row, col] of the map's largest cell (the map has one cell per 16x16 input pixels); "
+               "peak_xy: that cell's centre on the original photo, in its pixels [x, y]; spread: RMS "
+               "distance of the attention from its centre of mass, in cells; top10: share of the attention "
+               "in the 10% most attended cells; overlap: mean IoU of this token's 50%-mass region with the "
+               "other tokens' regions.")
     image = st.selectbox("Image for the matrix and the partition", page_ids,
                          format_func=lambda i: names[i], key="detail_image")
     c1, c2 = st.columns(2)

@@ -88,14 +88,18 @@ def test_upload_switch_layer_tokens_kind_model(app):
     _by_label(app.sidebar.radio, "Layer").set_value(1)
     app.run()
     urls.add(_grid_url(app))
-    _by_label(app.sidebar.multiselect, "Tokens").set_value([0, 3])
+    _by_label(app.sidebar.text_input, "Tokens").set_value("0,3")
     app.run()
     urls.add(_grid_url(app))
     _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.MIXED)
     app.run()
     urls.add(_grid_url(app))
     assert len(urls) == 4 and app.calls["n"] == 6  # re-rendered, never re-run
+    # the last layer has no projector: the Map control does not offer it
+    assert "projector assignment" not in _by_label(app.sidebar.radio, "Map").options
     _by_label(app.sidebar.radio, "Layer").set_value(0)
+    app.run()
+    assert "projector assignment" in _by_label(app.sidebar.radio, "Map").options
     _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.ASSIGNMENT)
     app.run()
     assert not app.exception

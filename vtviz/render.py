@@ -335,7 +335,7 @@ def grid(cells: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] = (),
     top = 18 if col_labels else 0
     head = 20 if title else 0
     height = head + top + nrows * (h + gap) + gap
-    width = left + ncols * (w + gap) + gap
+    width = max(left + ncols * (w + gap) + gap, text_width(title, 13) if title else 0)  # titles uncut
     out = np.full((height, width, 3), 255, np.uint8)
     if title:
         out[:head] = text_strip(title, width, head, size=13)

@@ -262,11 +262,13 @@ def mixing_view(result: ImageMaps, image: int, layer: int, cell: int = 18,
     m = result.maps.layers[layer].token_mixing[image].numpy()
     n = m.shape[0]
     img = render.colorize(render.scale_map(m, 0.0, float(m.max())), colormap)
-    big = np.kron(img, np.ones((cell, cell, 1), np.uint8)).astype(np.uint8)
-    cells = [[big]]
-    footer = render.colorbar(colormap, 0.0, float(m.max()), n * cell, label="weight")
-    return render.grid(cells, col_labels=[f"token mixing, layer {layer}: rows read columns"],
-                       footer=footer)
+    # one grid cell per matrix entry: the grid's row and column labels are the token numbers
+    cells = [[np.broadcast_to(img[i, j], (cell, cell, 3)).copy() for j in range(n)] for i in range(n)]
+    footer = render.colorbar(colormap, 0.0, float(m.max()), min(n * (cell + 1), 360),
+                             label="attention weight (each row sums to 1 over the tokens it reads)")
+    return render.grid(cells, row_labels=[f"{i}" for i in range(n)], col_labels=[f"{j}" for j in range(n)],
+                       gap=1, label_width=24, footer=footer,
+                       title=f"token mixing, layer {layer}: row = reading token, column = token read")
 
 
 def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str, object]]:
