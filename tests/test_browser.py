@@ -115,9 +115,18 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
                 names = zf.namelist()
                 assert len(names) == 2 * 16
                 assert all(n.count("/") == 2 and ".." not in n and " " not in n for n in names)
-                assert names[0] == "00-chelsea_photo/layer0-filter/attention-token00.png"
+                assert names[0] == "00-chelsea_photo/layer0-filter/token00.png"
                 first = np.asarray(Image.open(io.BytesIO(zf.read(names[0]))))
                 second = np.asarray(Image.open(io.BytesIO(zf.read(names[1]))))
+                assert first.shape == (300, 451, 3)  # the photo's own size, as vtviz export writes it
                 assert first.shape == second.shape and np.abs(first.astype(int) - second).mean() > 1
+            page.get_by_text("All tokens", exact=True).first.click()
+            page.get_by_text("Isolate a token").first.wait_for(timeout=60_000)
+            deadline = time.time() + 60
+            while page.locator('[data-testid="stImage"] img').count() < 2:
+                assert time.time() < deadline, "no constellation per image"
+                time.sleep(0.5)
+            time.sleep(1)
+            page.screenshot(path=str(ARTIFACTS / "app-all-tokens.png"), full_page=False)
         finally:
             browser.close()
