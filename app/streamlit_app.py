@@ -18,6 +18,8 @@ from vtviz import render, views
 from vtviz.diagnostics import diagnose
 from vtviz.errors import CheckpointError, VTVizError
 from vtviz.export import parse_indices
+from vtviz.gallery import Gallery, GalleryOptions, gallery_of_images, load_gallery
+from vtviz.image import load_image
 from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap
@@ -41,6 +43,17 @@ def store() -> ModelStore:
 def explain_cached(model_key: str, image_hash: str, fit: str, _upload: Upload) -> vtviz.ImageMaps:
     """Maps of one image; cached by (model, content hash, fit), never by the bytes themselves."""
     return explain_upload(store().get(model_key), _upload, fit=fit)
+
+
+def gallery_cached(model_key: str, fit: str, hashes: tuple[str, ...], layer: int,
+                   uploads: list[Upload]) -> Gallery:
+    """The gallery of the photos shown (kept per model, fit and photo contents)."""
+    key = ("gallery", model_key, fit, hashes, layer)
+    if key not in st.session_state:
+        images = [(up.name, load_image(up.data, name=up.name)) for up in uploads]
+        st.session_state[key] = gallery_of_images(store().get(model_key), images,
+                                                  GalleryOptions(layers=(layer,)))[layer]
+    return st.session_state[key]
 
 
 @st.cache_data(show_spinner=False)
@@ -184,7 +197,7 @@ with st.expander("Diagnostics: do the transformer and projector relate tokens?")
         for warning in d.warnings():
             st.warning(f"layer {i}: {warning}")
 
-VIEWS = ["Token grid", "All tokens", "Filter vs recurrent", "Compare models", "Token details"]
+VIEWS = ["Token grid", "All tokens", "Filter vs recurrent", "Compare models", "Token gallery", "Token details"]
 view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered
 
 if view == VIEWS[0]:
@@ -236,6 +249,30 @@ elif view == VIEWS[3]:
                              "'weak': similarity below 0.3, no clear counterpart)")
             st.download_button("Comparison (PNG)", lambda: views.png_bytes(grid), "vtviz-compare.png",
                                "image/png")
+
+elif view == VIEWS[4]:
+    folder = st.text_input("Gallery folder (made by `vtviz gallery --model M --out DIR FOLDER`)", "",
+                           key="gallery_dir", help="Leave empty to use the photos shown on this page")
+    token = st.selectbox("Token", tokens, key="gallery_token")
+    if folder:
+        try:
+            gallery = load_gallery(folder, layer)
+            source = f"gallery folder {folder}"
+        except (OSError, ValueError, KeyError) as exc:
+            st.error(f"Cannot read that gallery: {exc}")
+            st.stop()
+    else:
+        gallery = gallery_cached(model_key, fit, tuple(content_hash(up.data) for up in shown), layer, shown)
+        source = f"the {len(shown)} photos shown"
+    items = gallery.items[token] if token < len(gallery.items) else []
+    st.caption(f"Token {token}, layer {layer}: its top {len(items)} photos among {source}, cropped at its peak, "
+               "its map drawn on the crop with its 50%-mass outline; the number is its score (the map's peak "
+               "value). Beside them: the token on the photos of this page.")
+    c1, c2 = st.columns(2)
+    if items:
+        c1.image([it.crop for it in items], caption=[Path(it.source).name for it in items], width=128)
+    ov, _ = views.overlays(result, layer, [token], views.MapKind.ATTENTION, options, page_ids)
+    c2.image([o[0] for o in ov], caption=[names[i] for i in page_ids], width=200)
 
 else:
     token = st.selectbox("Token", tokens, key="detail_token")

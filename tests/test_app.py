@@ -107,7 +107,7 @@ def test_upload_switch_layer_tokens_kind_model(app):
     app.run()
     assert not app.exception and app.calls["n"] == 8
     assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(1))
-    for view in ["All tokens", "Filter vs recurrent", "Compare models", "Token details"]:
+    for view in ["All tokens", "Filter vs recurrent", "Compare models", "Token gallery", "Token details"]:
         _by_label(app.radio, "View").set_value(view)
         app.run()
         assert not app.exception and not app.error, view
@@ -117,6 +117,8 @@ def test_upload_switch_layer_tokens_kind_model(app):
             _by_label(app.selectbox, "Isolate a token").set_value(3)
             app.run()
             assert not app.exception
+        if view == "Token gallery":  # built from the two photos shown: each token's crops and overlays
+            assert len(app.image) == 2 and len(app.image[0].value) == 2 and len(app.image[1].value) == 2
     assert len(app.image) == 3  # details: one overlay per image, mixing matrix, partition
     assert app.calls["n"] == 8  # the comparison reused the first model's cached maps
 
@@ -222,3 +224,25 @@ def test_samples_prefer_photos_of_known_classes(tmp_path):
     assert familiar and [u.name for u in uploads] == ["n1/0.JPEG", "n2/0.JPEG", "chelsea.jpg"]
     uploads, familiar = session.sample_uploads(bundled, tmp_path / "missing")
     assert not familiar and len(uploads) == 4
+
+
+def test_gallery_folder_opens_in_the_app(app, tmp_path):
+    from vtviz.cli import main as cli
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(3):
+        (src / f"p{i}.png").write_bytes(_png(10 + i))
+    out = tmp_path / "gallery"
+    assert cli(["gallery", "--model", "vt-r18-imagenette", "--out", str(out), str(src), "--k", "2",
+                "--device", "cpu", "--quiet"]) == 0
+    app.run()
+    _by_label(app.radio, "View").set_value("Token gallery")
+    app.run()
+    app.text_input(key="gallery_dir").set_value(str(out))
+    app.run()
+    assert not app.exception and not app.error
+    assert len(app.image[0].value) == 2  # the token's two crops from the folder
+    app.text_input(key="gallery_dir").set_value(str(tmp_path / "nothing"))
+    app.run()
+    assert any("Cannot read that gallery" in e.value for e in app.error)

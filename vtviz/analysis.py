@@ -6,11 +6,8 @@ Functions return data or matplotlib Figures; nothing here calls ``plt.show()``.
 
 from __future__ import annotations
 
-import base64
-import heapq
-import html
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +19,7 @@ from tqdm import tqdm
 from . import render, views
 from .checkpoint import model_meta
 from .explain import explain_images, preprocess_for, token_maps
+from .gallery import Gallery, GalleryBuilder, GalleryItem
 from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
 from .maps import ImageMaps, TokenMaps, TokenStat, map_correlation, mass_regions, region_iou, spread, token_table
 from .model import VTResNet
@@ -94,101 +92,6 @@ def token_stability(model: nn.Module, images: Sequence[ImageSource], layer: int 
 
 
 # --------------------------------------------------------------------------- galleries
-@dataclass(order=True)
-class GalleryItem:
-    """One image in a token's gallery: its score (map peak), source, crop and peak (x, y)."""
-
-    score: float
-    source: str = field(compare=False)
-    crop: np.ndarray = field(compare=False, repr=False)
-    peak_xy: tuple[float, float] = field(compare=False)
-
-
-@dataclass
-class Gallery:
-    """For each token, the top-k images where it attends most strongly, as crops at its peak."""
-
-    layer: int
-    kind: str
-    items: list[list[GalleryItem]]  # [token][rank], best first
-
-    def picture(self, labels: bool = True) -> np.ndarray:
-        """Rows = tokens, columns = ranks: an RGB uint8 picture."""
-        size = next((it.crop.shape[0] for row in self.items for it in row), 96)
-        blank = np.full((size, size, 3), 255, np.uint8)
-        k = max((len(r) for r in self.items), default=1)
-        cells = [[row[j].crop if j < len(row) else blank for j in range(k)] for row in self.items]
-        return render.grid(cells, row_labels=[f"token {t}" for t in range(len(self.items))] if labels else (),
-                           col_labels=[f"#{j + 1}" for j in range(k)],
-                           title=f"layer {self.layer} ({self.kind}): top images per token, cropped at the peak")
-
-    def figure(self):
-        """Tokens as rows of crops: a matplotlib Figure."""
-        return views.figure(self.picture())
-
-    def save_png(self, path: str | Path) -> Path:
-        """Write :meth:`picture` as a PNG file."""
-        path = Path(path)
-        path.write_bytes(render.encode(self.picture(), "png"))
-        return path
-
-    def to_html(self, path: str | Path) -> Path:
-        """A self-contained HTML page (crops embedded) for sharing."""
-        rows = []
-        for t, row in enumerate(self.items):
-            cells = "".join(
-                f'<figure><img src="data:image/png;base64,{base64.b64encode(render.encode(it.crop)).decode()}"'
-                f' title="{html.escape(it.source)}"><figcaption>{it.score:.3f}</figcaption></figure>'
-                for it in row)
-            rows.append(f"<tr><th>token {t}</th><td>{cells}</td></tr>")
-        page = ("<!doctype html><meta charset=utf-8><title>vtviz token gallery</title>"
-                "<style>figure{display:inline-block;margin:2px;font:11px sans-serif;text-align:center}"
-                "th{font:13px sans-serif;text-align:right;padding-right:8px}</style>"
-                f"<h3>Layer {self.layer} ({html.escape(self.kind)}): top images per token</h3>"
-                f"<table>{''.join(rows)}</table>")
-        path = Path(path)
-        path.write_text(page, encoding="utf-8")
-        return path
-
-
-class GalleryBuilder:
-    """Keeps, for each token, the ``k`` highest-scoring crops seen so far (bounded memory)."""
-
-    def __init__(self, num_tokens: int, k: int = 8, crop: int = 96, crop_fraction: float = 0.4) -> None:
-        self.k, self.crop, self.crop_fraction = k, crop, crop_fraction
-        self.heaps: list[list[tuple[float, int, GalleryItem]]] = [[] for _ in range(num_tokens)]
-        self._count = 0
-
-    def add(self, image: np.ndarray, source: str, maps: Tensor) -> None:
-        """Add one image and its maps on the original geometry ``[L, H, W]`` (any resolution)."""
-        h, w = image.shape[:2]
-        flat = maps.flatten(1)
-        scores, idx = flat.max(-1)
-        mh, mw = maps.shape[-2:]
-        side = max(8, round(self.crop_fraction * min(h, w)))
-        for t in range(maps.shape[0]):
-            score = float(scores[t])
-            heap = self.heaps[t]
-            if len(heap) >= self.k and score <= heap[0][0]:
-                continue
-            py, px = divmod(int(idx[t]), mw)
-            cy, cx = (py + 0.5) * h / mh, (px + 0.5) * w / mw
-            y0 = int(min(max(0, cy - side / 2), h - side))
-            x0 = int(min(max(0, cx - side / 2), w - side))
-            crop = render.resize_image(image[max(0, y0):y0 + side, max(0, x0):x0 + side], (self.crop, self.crop))
-            item = GalleryItem(score, source, crop, (round(cx, 1), round(cy, 1)))
-            self._count += 1
-            entry = (score, self._count, item)
-            if len(heap) < self.k:
-                heapq.heappush(heap, entry)
-            else:
-                heapq.heapreplace(heap, entry)
-
-    def result(self, layer: int, kind: str) -> Gallery:
-        """The gallery, best first."""
-        return Gallery(layer, kind, [[e[2] for e in sorted(h, key=lambda e: -e[0])] for h in self.heaps])
-
-
 def _iter_batches(sources: Sequence[ImageSource], batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
     batch: list[tuple[str, np.ndarray]] = []
     for s in sources:
@@ -237,7 +140,7 @@ def token_gallery(model: nn.Module, images_or_folder: Sequence[ImageSource] | st
     bar.close()
     if builder is None:
         raise ValueError("no readable image")
-    return builder.result(layer, kind_name)
+    return Gallery(layer, kind_name, builder.ranked())
 
 
 # --------------------------------------------------------------------------- class profiles

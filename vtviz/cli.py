@@ -91,6 +91,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from .export import iter_inputs, parse_indices
+    from .gallery import GalleryOptions, build_gallery
+    from .model import VTResNet
+    from .runtime import close_distributed, init_distributed
+
+    d, device = init_distributed(args.device)
+    barrier = None
+    if d.world > 1:
+        import torch.distributed as dist
+
+        barrier = dist.barrier
+    try:
+        model = load_model(args.model, device=device)
+        if not isinstance(model, VTResNet):
+            raise CheckpointError(f"{args.model}: a token gallery needs a VT model")
+        options = GalleryOptions(k=args.k, crop=args.crop, layers=parse_indices(args.layers),
+                                 batch_size=args.batch_size, save_every=args.save_every)
+        index = build_gallery(model, iter_inputs(args.inputs), args.out, options, rank=d.rank, world=d.world,
+                              barrier=barrier, progress=not args.quiet and d.main, model_name=args.model)
+    finally:
+        close_distributed(d)
+    if d.main:
+        for failure in index.get("failed", []):
+            print(f"failed: {failure['source']}: {failure['error']}", file=sys.stderr)
+        if not args.quiet:
+            print(json.dumps({"out": args.out, "images": index.get("images"), "failed": len(index.get("failed", []))}))
+    return 2 if d.main and index.get("failed") else 0
+
+
 def cmd_calibrate_ood(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -190,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("gallery", help="each token's top photos of folders, with its map (resumable)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="gallery folder (index.json, index.html, crops)")
+    p.add_argument("--k", type=int, default=8, help="photos per token")
+    p.add_argument("--crop", type=int, default=128, help="crop side, px")
+    p.add_argument("--layers", default=None, help="e.g. 0 or 0,1 (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--save-every", type=int, default=256, help="photos between resumable saves")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_gallery)
 
     p = sub.add_parser("calibrate-ood", help="fit the out-of-distribution flag on training photos")
     p.add_argument("model")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -219,8 +220,13 @@ def mass_region(map2d: np.ndarray, mass: float = 0.5) -> np.ndarray:
 def draw_mass_contour(image: np.ndarray, map2d: np.ndarray, mass: float = 0.5,
                       color: tuple[int, int, int] = (255, 255, 255), thickness: int = 1) -> np.ndarray:
     """Outline (in place) the region holding ``mass`` of the map; returns the image."""
-    region = mass_region(resize_map(map2d, image.shape[:2]), mass).astype(np.uint8)
-    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return draw_outline(image, mass_region(resize_map(map2d, image.shape[:2]), mass), color, thickness)
+
+
+def draw_outline(image: np.ndarray, region: np.ndarray, color: tuple[int, int, int] = (255, 255, 255),
+                 thickness: int = 1) -> np.ndarray:
+    """Outline (in place) a bool region ``[H, W]`` of the image's size; returns the image."""
+    contours, _ = cv2.findContours(np.asarray(region, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, color, thickness, lineType=cv2.LINE_AA)
     return image
 
@@ -399,6 +405,14 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     shrink = size[0] < image.shape[0]
     return cv2.resize(image, (size[1], size[0]),
                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Read a picture this module encoded (PNG, JPEG, WebP) back as RGB uint8 ``[H, W, 3]``."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not a readable picture")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV boundary
 
 
 def encode(image: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
