@@ -201,3 +201,30 @@ def test_dev_split_is_per_class_and_disjoint():
     assert np.bincount(labels[dev_idx]).tolist() == [1, 2, 3]
     assert not set(train_idx) & set(dev_idx) and len(train_idx) + len(dev_idx) == 60
     np.testing.assert_array_equal(dev_split(labels, 0.1, seed=0)[1], dev_idx)  # reproducible
+
+
+def test_precise_bn_matches_batch_statistics(small_model):
+    """On one batch, BatchNorm statistics recomputed by precise_bn make eval equal train mode."""
+    import copy
+
+    from vtviz.data import ImageFolderData
+    from vtviz.meta import Preprocess
+    from vtviz.train import precise_bn
+
+    model = copy.deepcopy(small_model)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
+    data = ImageFolderData(images, np.zeros(8, np.int64), ("a",), ("a",), tuple(f"{i}" for i in range(8)))
+    pre = Preprocess(size=64)
+    from vtviz.data import normalize_batch, resize_batch
+
+    x = normalize_batch(resize_batch(torch.from_numpy(images), 64), pre.mean, pre.std)
+    with torch.no_grad():
+        before = model.eval()(x)
+        train_mode = model.train()(x)
+    model.load_state_dict(small_model.state_dict())  # undo the train-mode pass's running averages
+    precise_bn(model, data, np.arange(8), pre, images=8, batch_size=8)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        after = model.eval()(x)
+    assert not torch.allclose(before, train_mode, atol=1e-3)
+    torch.testing.assert_close(after, train_mode, atol=0.1, rtol=0.05)
