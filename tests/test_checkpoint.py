@@ -113,3 +113,27 @@ def test_missing_tensor_is_named(tmp_path, small_model):
     save_file(state, str(path), metadata={"vtviz": json.dumps(vtviz.model_meta(small_model).to_dict())})
     with pytest.raises(CheckpointError, match="missing tensor.*fc.bias"):
         vtviz.load_model(path)
+
+
+def test_a_photo_renamed_pt_is_named_for_what_it_is(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "JPEG")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(buf.getvalue())
+    with pytest.raises(vtviz.CheckpointError) as info:
+        vtviz.load_model(junk)
+    message = str(info.value)
+    assert "junk.pt" in message and "a JPEG image" in message and "weights_only" not in message
+
+
+def test_uploaded_checkpoint_errors_name_the_users_file(tmp_path):
+    from vtviz.session import ModelStore
+
+    with pytest.raises(vtviz.CheckpointError) as info:
+        ModelStore(device="cpu").add_upload(b"\xff\xd8\xff\xe0 not really a photo", "my model.pt")
+    assert "my model.pt" in str(info.value) and "vtviz-uploads" not in str(info.value)

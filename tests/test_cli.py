@@ -18,6 +18,28 @@ def test_info_prints_json(checkpoint, capsys):
     assert info["parameters"] > 7_000_000
     assert info["input_size"] == 64
     assert info["training"] == {"data": "none (random weights)"}
+    assert main(["info", checkpoint, "--full"]) == 0
+    assert json.loads(capsys.readouterr().out)["training"] == {"data": "none (random weights)"}
+
+
+def test_info_is_concise_by_default(tmp_path, small_model, capsys):
+    """A long training summary (history, the parent's summary) only shows with --full."""
+    import dataclasses
+
+    import vtviz
+
+    meta = dataclasses.replace(vtviz.model_meta(small_model), training={
+        "epochs": 3, "history": [{"epoch": i, "loss": 1.0} for i in range(300)],
+        "init": {"checkpoint": "parent.safetensors", "training": {"history": list(range(500))}},
+        "val": {"images": 10, "top1": 0.5, "top5": 0.9, "input_size": 64, "per_class": {"a": 0.5}}})
+    path = vtviz.save_model(small_model, tmp_path / "long", meta)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    info = json.loads(out)
+    assert len(out.splitlines()) < 120 and "history" not in out
+    assert info["training"]["fine-tuned from"] == "parent.safetensors" and info["training"]["val"]["top1"] == 0.5
+    assert main(["info", str(path), "--full"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["training"]["history"]) == 300
 
 
 def test_info_bad_checkpoint_exit_1(tmp_path, capsys):

@@ -112,14 +112,32 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from None
 
 
+#: Leading bytes of common files that are not checkpoints, to say what a file is instead.
+_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
+          b"RIFF": "a RIFF (e.g. WebP) file", b"%PDF": "a PDF document", b"\x1f\x8b": "a gzip archive",
+          b"{": "a JSON or text file"}
+
+
+def _what_is(head: bytes) -> str:
+    return next((what for magic, what in _MAGIC.items() if head.startswith(magic)), "not a known file type")
+
+
 def _read_torch(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        raise CheckpointError(f"{path}: not a checkpoint: neither a safetensors, zip (PyTorch) nor pickle "
+                              f"file ({_what_is(head)})")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message may suggest turning weights_only off: vtviz never passes that on
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip() and "weights_only" not in ln
+                 and "weights only" not in ln.lower()]
+        reason = f" ({lines[0][:200]})" if lines else ""
         raise CheckpointError(
             f"{path}: refused: the file holds pickled objects other than tensors, and loading "
-            f"it could run code ({first}). Save a plain state dict or use safetensors."
+            f"it could run code{reason}. Save a plain state dict or use safetensors."
         ) from None
     except Exception as exc:  # zip errors, truncated files, ...
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
@@ -145,7 +163,7 @@ def read_checkpoint(
     path = _find(name_or_path)
     with open(path, "rb") as f:
         magic = f.read(8)
-    if magic[:2] == b"PK" or path.suffix in (".pt", ".pth"):
+    if magic[:2] == b"PK" or magic[:1] == b"\x80" or path.suffix in (".pt", ".pth"):
         tensors, raw = _read_torch(path)
     else:
         tensors, header = _read_safetensors(path)

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .checkpoint import load_model, model_meta, record_evaluation
 from .errors import CheckpointError, VTVizError
@@ -17,13 +18,21 @@ from .meta import Fit
 from .render import Colormap
 
 
-def _describe(name: str, model) -> dict:
+def _describe(name: str, model: Any, full: bool = False) -> dict[str, Any]:
+    """What ``vtviz info`` prints: a concise summary, or everything with ``full``."""
     from .model import count_parameters
 
     meta = model_meta(model)
     training = dict(meta.training)
-    training.pop("history", None)
-    return {
+    if not full:
+        val = training.get("val") or {}
+        training = {"data": training.get("data"), "epochs": training.get("epochs"),
+                    "wall_time_s": training.get("wall_time_s"), "hardware": training.get("hardware"),
+                    "val": {k: val[k] for k in ("images", "top1", "top5", "input_size") if k in val},
+                    "dev": {k: v for k, v in (training.get("dev") or {}).items() if k != "token_stats"},
+                    "fine-tuned from": (training.get("init") or {}).get("checkpoint")}
+        training = {k: v for k, v in training.items() if v not in (None, {})}
+    summary = {
         "model": name,
         "name": meta.name,
         "description": meta.description,
@@ -37,13 +46,16 @@ def _describe(name: str, model) -> dict:
         "input_size": meta.preprocess.size,
         "preprocess": meta.preprocess.to_dict(),
         "config": meta.config.to_dict(),
+        "ood_flag": meta.ood if full else (None if meta.ood is None else
+                                           {k: meta.ood[k] for k in ("k", "threshold", "quantile") if k in meta.ood}),
         "training": training,
     }
+    return summary
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     model = load_model(args.model, device="cpu")
-    print(json.dumps(_describe(args.model, model), indent=2))
+    print(json.dumps(_describe(args.model, model, args.full), indent=2))
     return 0
 
 
@@ -211,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a model as JSON")
     p.add_argument("model", help="bundled model name or checkpoint path")
+    p.add_argument("--full", action="store_true", help="the whole training summary (history, parent's too)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("predict", help="top-k classes per image")

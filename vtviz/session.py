@@ -13,12 +13,21 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import list_pretrained, load_model
+from .errors import CheckpointError
 from .explain import explain_images
 from .image import MAX_PIXELS, load_image
 from .maps import ImageMaps
 from .meta import Fit
 
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "vtviz-uploads"
+_UPLOAD_DIR: Path | None = None
+
+
+def upload_dir() -> Path:
+    """This process's private folder for uploaded checkpoints (mode 0700, made on first use)."""
+    global _UPLOAD_DIR
+    if _UPLOAD_DIR is None:
+        _UPLOAD_DIR = Path(tempfile.mkdtemp(prefix="vtviz-uploads-"))
+    return _UPLOAD_DIR
 
 
 class ModelStore:
@@ -45,14 +54,16 @@ class ModelStore:
         """Store uploaded checkpoint bytes under a hash name (never the user's file name),
         load it, and return its key. Raises :class:`~vtviz.errors.CheckpointError` if invalid."""
         suffix = ".pt" if filename.lower().endswith((".pt", ".pth")) else ".safetensors"
-        UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-        path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-        if not path.exists():
+        path = upload_dir() / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+        if not path.exists() or path.read_bytes() != data:  # private folder; the content is checked anyway
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
         try:
             self.get(str(path))
+        except CheckpointError as exc:
+            path.unlink(missing_ok=True)
+            raise CheckpointError(str(exc).replace(str(path), filename)) from None  # the user's name
         except Exception:
             path.unlink(missing_ok=True)
             raise
