@@ -163,10 +163,20 @@ def read_checkpoint(
     path = _find(name_or_path)
     with open(path, "rb") as f:
         magic = f.read(8)
-    if magic[:2] == b"PK" or magic[:1] == b"\x80" or path.suffix in (".pt", ".pth"):
+    pickled = magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    if magic[:2] == b"PK" or path.suffix in (".pt", ".pth"):
         tensors, raw = _read_torch(path)
     else:
-        tensors, header = _read_safetensors(path)
+        try:
+            tensors, header = _read_safetensors(path)
+        except CheckpointError as exc:
+            if pickled:  # a safetensors header can start with 0x80 too: only then try pickle
+                tensors, header = _read_torch(path)[0], {}
+            elif _what_is(magic) != _what_is(b""):
+                raise CheckpointError(f"{path}: not a checkpoint: neither a safetensors, zip (PyTorch) nor "
+                                      f"pickle file ({_what_is(magic)})") from None
+            else:
+                raise exc
         raw = None
         if "vtviz" in header:
             try:
