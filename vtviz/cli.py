@@ -221,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtviz", description="Visual-token attention maps of VT models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    for add in (_add_info_predict, _add_evaluate_calibrate, _add_export, _add_gallery):
+        add(sub)
+    p = sub.add_parser("train", help="train a VT model on an ImageFolder dataset")
+    from .train import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def _add_info_predict(sub: Any) -> None:
     p = sub.add_parser("info", help="describe a model as JSON")
     p.add_argument("model", help="bundled model name or checkpoint path")
     p.add_argument("--full", action="store_true", help="the whole training summary (history, parent's too)")
@@ -234,34 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("gallery", help="each token's top photos of folders, with its map (resumable)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True, help="gallery folder (index.json, index.html, crops)")
-    p.add_argument("--k", type=int, default=8, help="photos per token")
-    p.add_argument("--crop", type=int, default=128, help="crop side, px")
-    p.add_argument("--layers", default=None, help="e.g. 0 or 0,1 (default: all)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--save-every", type=int, default=256, help="photos between resumable saves")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_gallery)
 
-    p = sub.add_parser("calibrate-ood", help="fit the out-of-distribution flag on training photos")
-    p.add_argument("model")
-    p.add_argument("--data", required=True, help="ImageFolder root with train/ (val/ is not read)")
-    p.add_argument("--out", required=True, help="checkpoint to write (the model with its flag)")
-    p.add_argument("--dev-fraction", type=float, default=0.1,
-                   help="held-out share of train/ for the threshold (per class; as vtviz train's)")
-    p.add_argument("--seed", type=int, default=0, help="dev split seed (as vtviz train's)")
-    p.add_argument("--bank", type=int, default=2000, help="training images in the feature bank")
-    p.add_argument("--k", type=int, default=10, help="k of the k-th nearest neighbour")
-    p.add_argument("--quantile", type=float, default=0.95,
-                   help="threshold: this quantile of the held-out training scores")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_calibrate_ood)
 
+def _add_evaluate_calibrate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="accuracy and token statistics on an image folder (JSON)")
     p.add_argument("model")
     p.add_argument("--data", required=True, help="folder of class sub-folders (e.g. imagenette/val)")
@@ -279,6 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("calibrate-ood", help="fit the out-of-distribution flag on training photos")
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="ImageFolder root with train/ (val/ is not read)")
+    p.add_argument("--out", required=True, help="checkpoint to write (the model with its flag)")
+    p.add_argument("--dev-fraction", type=float, default=0.1,
+                   help="held-out share of train/ for the threshold (per class; as vtviz train's)")
+    p.add_argument("--seed", type=int, default=0, help="dev split seed (as vtviz train's)")
+    p.add_argument("--bank", type=int, default=2000, help="training images in the feature bank")
+    p.add_argument("--k", type=int, default=10, help="k of the k-th nearest neighbour")
+    p.add_argument("--quantile", type=float, default=0.95,
+                   help="threshold: this quantile of the held-out training scores")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_calibrate_ood)
+
+
+
+def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="token heatmaps for folders of images")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs")
     p.add_argument("--model", required=True, help="bundled model name or checkpoint path")
@@ -304,12 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    from .train import add_arguments
 
-    p = sub.add_parser("train", help="train a VT model on an ImageFolder dataset")
-    add_arguments(p)
-    p.set_defaults(func=cmd_train)
-    return parser
+
+
+def _add_gallery(sub: Any) -> None:
+    p = sub.add_parser("gallery", help="each token's top photos of folders, with its map (resumable)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="gallery folder (index.json, index.html, crops)")
+    p.add_argument("--k", type=int, default=8, help="photos per token")
+    p.add_argument("--crop", type=int, default=128, help="crop side, px")
+    p.add_argument("--layers", default=None, help="e.g. 0 or 0,1 (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--save-every", type=int, default=256, help="photos between resumable saves")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_gallery)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -301,6 +301,18 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
 
 
 # --------------------------------------------------------------------------- driver
+def _start(out: Path, resume: bool, rank: int, barrier: Callable[[], Any] | None) -> set[str]:
+    """Clean up after a killed run (rank 0) and return the sources already complete."""
+    if rank == 0:
+        remove_stale_temporaries(out)
+        if not resume:
+            for f in [out / MANIFEST, *sorted((out / PARTS).glob("*.jsonl"))]:
+                f.unlink(missing_ok=True)
+    if barrier is not None:
+        barrier()
+    return {s for s, r in read_records(out).items() if is_complete(r, out)} if resume else set()
+
+
 def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
            options: ExportOptions = ExportOptions(), *, batch_size: int = 16, workers: int = 2,
            writers: int = 2, resume: bool = True, progress: bool = True, rank: int = 0,
@@ -315,14 +327,7 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
     meta = model_meta(model)
     pre = preprocess_for(model, options.fit)
     order = [str(p) for p in inputs]
-    if rank == 0:
-        remove_stale_temporaries(out)
-        if not resume:
-            for f in [out / MANIFEST, *sorted((out / PARTS).glob("*.jsonl"))]:
-                f.unlink(missing_ok=True)
-    if barrier is not None:
-        barrier()
-    done = {s for s, r in read_records(out).items() if is_complete(r, out)} if resume else set()
+    done = _start(out, resume, rank, barrier)
     mine = [(i, Path(s)) for i, s in enumerate(order) if i % world == rank]
     todo = [(i, p) for i, p in mine if str(p) not in done]
     summary = ExportSummary(inputs=len(order), skipped=len(mine) - len(todo),
