@@ -194,3 +194,48 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, checkpoint):
     _, summary = load_manifest(sharded)
     assert summary["world_size"] == 2 and summary["ok"] == 7
     assert json.loads(json.dumps(summary))["failed"] == 0
+
+
+def _processes_with(mark: str) -> list[int]:
+    """PIDs of live processes whose environment holds ``mark`` (the exporter and its children)."""
+    pids = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark.encode() in (d / "environ").read_bytes():
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_export_leaves_no_process(tmp_path, checkpoint, sig):
+    import uuid
+
+    src = tmp_path / "in"
+    _photos(src, 40)
+    out = tmp_path / "out"
+    mark = uuid.uuid4().hex
+    cmd = [*_export_cmd(checkpoint, src, out)]
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(cmd, env={**ENV, "VTVIZ_TEST_MARK": mark}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("img*"))) < 2 and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export finished before it could be stopped"
+    t0 = time.time()
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=30)[1]
+    stopped = time.time() - t0
+    for _ in range(50):  # children must follow within seconds
+        if not _processes_with(mark):
+            break
+        time.sleep(0.1)
+    assert _processes_with(mark) == []
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:  # one line, the conventional status, within a few seconds even on a busy 2-core machine
+        assert proc.returncode == 128 + sig and stopped < 5
+        assert err.strip().splitlines() == ["interrupted: rerun the same command to resume"]

@@ -188,6 +188,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         barrier = dist.barrier
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         inputs = iter_inputs(args.inputs)
         model = load_model(args.model, device=device)
@@ -200,7 +206,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                          workers=args.workers, writers=args.writers, resume=args.resume,
                          progress=not args.quiet and rank == 0, rank=rank, world=world,
                          barrier=barrier, model_name=args.model)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is written stays, the rest resumes
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 128 + (exc.args[0] if exc.args else signal.SIGINT)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         close_distributed(d)
     if rank == 0 and not args.quiet:
         print(json.dumps({k: v for k, v in summary.__dict__.items() if k != "failures"}))
@@ -290,9 +300,10 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--layers", default=None, help="layer indices, e.g. 0 or 0,1 (default: all)")
     p.add_argument("--tokens", default=None, help="token indices, e.g. 0-3,7 (default: all)")
     p.add_argument("--colormap", default="turbo", choices=[c.value for c in Colormap])
-    p.add_argument("--alpha", type=float, default=0.6)
-    p.add_argument("--contour", type=float, default=None, help="outline the region holding this "
-                   "share of each token's attention, e.g. 0.5")
+    p.add_argument("--alpha", type=float, default=0.85, help="largest overlay opacity (default 0.85)")
+    p.add_argument("--contour", type=lambda v: None if v.lower() == "none" else float(v), default=0.5,
+                   help="outline the region holding this share of each token's attention (default 0.5; "
+                        "'none': no outline)")
     p.add_argument("--size", type=int, default=0, help="longer side of the pictures (default: original)")
     p.add_argument("--format", default="png", choices=["png", "jpg", "webp"])
     p.add_argument("--fit", default=None, choices=[f.value for f in Fit],

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import multiprocessing.context
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -57,8 +58,8 @@ class ExportOptions:
     layers: tuple[int, ...] | None = None
     tokens: tuple[int, ...] | None = None
     colormap: Colormap = Colormap.TURBO
-    alpha: float = 0.6
-    contour: float | None = None
+    alpha: float = views.RenderOptions.alpha
+    contour: float | None = views.RenderOptions.contour
     size: int | None = None
     fmt: str = "png"
     images: bool = True
@@ -216,19 +217,31 @@ def _decode(index: int, path: Path, pre: Preprocess) -> _Decoded:
     return item
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    """Decode workers die with the exporter, however it ends (a kill -9 included): the kernel
+    sends them SIGKILL when their parent dies (Linux), and a watchdog thread checks too."""
     import cv2
 
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the exporter's to handle
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """A fork-safe start method: a parent that already ran OpenMP (torch) code can hang a plain
-    ``fork`` child; forkserver children come from a clean process with the decoder preloaded."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["vtviz.image"])
-        return ctx
+    """Spawned workers: a parent that already ran OpenMP (torch) code can hang a ``fork`` child,
+    and a spawned worker is the exporter's own child, so it can follow the exporter's death."""
     return multiprocessing.get_context("spawn")
 
 
@@ -239,7 +252,10 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
         for index, path in jobs:
             yield _decode(index, path, pre)
         return
-    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    finished = False
+    try:
         pending: deque[Future] = deque()
         it = iter(jobs)
         for index, path in it:
@@ -251,6 +267,15 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(_decode, nxt[0], nxt[1], pre))
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:  # interrupted (Ctrl-C, SIGTERM) or failed: stop now, do not wait for queued decodes
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in processes:
+                proc.kill()
 
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
@@ -369,17 +394,21 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             batch.clear()
             drain(2 * writers)
 
-        for item in _decoded_stream(todo, pre, workers, window=max(2 * batch_size, 4)):
-            if item.error:
-                drain(0)
-                write_record({"source": item.source, "status": "error", "error": item.error,
-                              "sha256": item.sha256})
-                continue
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush_batch()
-        flush_batch()
-        drain(0)
+        try:
+            for item in _decoded_stream(todo, pre, workers, window=max(2 * batch_size, 4)):
+                if item.error:
+                    drain(0)
+                    write_record({"source": item.source, "status": "error", "error": item.error,
+                                  "sha256": item.sha256})
+                    continue
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    flush_batch()
+            flush_batch()
+            drain(0)
+        except BaseException:  # interrupted: drop queued renders (files are atomic, the rest resumes)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     bar.close()
     summary.wall_s = round(time.perf_counter() - t0, 3)
     summary.images_per_s = round(summary.exported / summary.wall_s, 2) if summary.wall_s > 0 else 0.0
