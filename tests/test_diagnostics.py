@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -121,3 +123,12 @@ def test_recurrent_tokenizer_without_static_filter_depends_only_on_tokens():
     with torch.no_grad():
         out = model.explain(torch.randn(2, 3, 64, 64), Ablation(recurrent_dynamic=False))
     torch.testing.assert_close(out.layers[1].attention, torch.full_like(out.layers[1].attention, 1 / 16))
+
+
+def test_attention_given_to_registers_is_reported():
+    mixing = torch.eye(L).expand(B, L, L) * 0.05  # 95% of each row goes to the registers
+    maps = _layer(mixing)
+    layer = dataclasses.replace(maps.layers[0], to_registers=torch.full((B, L), 0.95))
+    d = diagnose(dataclasses.replace(maps, layers=(layer,)))[0]
+    assert d.to_registers == pytest.approx(0.95) and not d.within_targets()
+    assert "register tokens" in d.warnings()[0]

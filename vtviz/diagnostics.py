@@ -34,6 +34,9 @@ BORDER_SHARE = 0.5
 #: cells (4.5 or more on Imagenette val for every token of the first bundled models); one
 #: cell is the resolution of the map itself.
 POSITIONAL_CELLS = 1.5
+#: Tokens that give the register tokens more than this share of their attention barely read
+#: one another: the transformer then relates them only through the registers' summary.
+REGISTER_SHARE = 0.9
 #: High-norm token: its vector norm exceeds the image's median token norm by this factor.
 HIGH_NORM_FACTOR = 3.0
 
@@ -114,7 +117,11 @@ class LayerDiagnostics:
         """Plain-language warnings for views that these numbers make misleading."""
         out = []
         top = int(np.argmax(self.received))
-        if self.mixing_targets < 2 or self.max_received > SINK_SHARE:
+        if self.to_registers is not None and self.to_registers > REGISTER_SHARE:
+            out.append(f"the tokens give {self.to_registers:.0%} of their transformer attention to the "
+                       "register tokens: they read one another only through the registers' summary, and the "
+                       "mixing among image tokens shown is what little is left")
+        elif self.mixing_targets < 2 or self.max_received > SINK_SHARE:
             out.append(f"token mixing is degenerate: on average the tokens read token {top} "
                        f"({self.max_received:.0%} of all attention, {self.mixing_targets:.1f} "
                        "distinct targets per image), so token-mixed maps are nearly one map")
@@ -132,6 +139,7 @@ class LayerDiagnostics:
     def within_targets(self) -> bool:
         """The targets of the models issue: mixing, projector, positional and border tokens."""
         ok = self.mixing_targets >= 6 and self.max_received <= SINK_SHARE
+        ok = ok and (self.to_registers is None or self.to_registers <= REGISTER_SHARE)
         if self.owners is not None:
             ok = ok and self.owners >= 4
         if self.positional is not None:

@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from . import render
-from .diagnostics import SINK_SHARE, LayerDiagnostics
+from .diagnostics import REGISTER_SHARE, SINK_SHARE, LayerDiagnostics
 from .image import Geometry, maps_to_original
 from .maps import ImageMaps, LayerMaps, Scale, TokenMatching, match_tokens, normalize_with_range, token_table
 from .render import Colormap
@@ -463,7 +463,11 @@ def view_warnings(diagnostics: LayerDiagnostics, kind: MapKind | str) -> list[st
     kind = MapKind(kind)
     out = []
     mixing_bad = diagnostics.mixing_targets < 2 or diagnostics.max_received > SINK_SHARE
-    if kind is MapKind.MIXED and mixing_bad:
+    to_registers = diagnostics.to_registers or 0.0
+    if kind is MapKind.MIXED and to_registers > REGISTER_SHARE:
+        out.append(f"Here the tokens give {to_registers:.0%} of their transformer attention to register tokens, "
+                   "which have no map: the token-mixed maps keep only the small rest.")
+    elif kind is MapKind.MIXED and mixing_bad:
         top = int(np.argmax(diagnostics.received))
         out.append(f"Token mixing is degenerate here: the tokens read token {top} "
                    f"({diagnostics.max_received:.0%} of all attention), so the token-mixed maps are "
