@@ -239,3 +239,26 @@ def test_a_stopped_export_leaves_no_process(tmp_path, checkpoint, sig):
     else:  # one line, the conventional status, within a few seconds even on a busy 2-core machine
         assert proc.returncode == 128 + sig and stopped < 5
         assert err.strip().splitlines() == ["interrupted: rerun the same command to resume"]
+
+
+def test_non_images_and_non_files_are_recorded_not_dropped(tmp_path, checkpoint):
+    """A folder's README is recorded as 'not an image' (not a failure); a photo without a suffix
+    is found by its content; a FIFO and a dangling link named on the command line are failed
+    inputs (exit 2), and nothing hangs."""
+    src = tmp_path / "in"
+    _photos(src, 2)
+    (src / "README.txt").write_text("notes")
+    (src / "IMG_0003").write_bytes((src / "img000.png").read_bytes())  # an image without a suffix
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    link = tmp_path / "gone.jpg"
+    link.symlink_to(tmp_path / "nowhere.jpg")
+    out = tmp_path / "out"
+    cmd = _export_cmd(checkpoint, src, out)
+    cmd[cmd.index(str(src)) + 1:cmd.index(str(src)) + 1] = [str(fifo), str(link)]
+    assert subprocess.run(cmd, env=ENV, timeout=300).returncode == 2
+    records, summary = load_manifest(out)
+    status = {Path(r["source"]).name: r["status"] for r in records}
+    assert status == {"img000.png": "ok", "img001.png": "ok", "IMG_0003": "ok", "README.txt": "not an image",
+                      "pipe.jpg": "error", "gone.jpg": "error"}
+    assert summary["failed"] == 2 and summary["not_images"] == 1 and summary["ok"] == 3

@@ -179,7 +179,8 @@ def _evaluation_text(result: dict) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportOptions, export, iter_inputs, parse_indices
+    from .export import ExportOptions, export, input_notes, parse_indices
+    from .image import scan_inputs
     from .runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
@@ -195,17 +196,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        inputs = iter_inputs(args.inputs)
+        scan = scan_inputs(args.inputs)
         model = load_model(args.model, device=device)
         options = ExportOptions(
             layers=parse_indices(args.layers), tokens=parse_indices(args.tokens),
             colormap=Colormap(args.colormap), alpha=args.alpha, contour=args.contour,
             size=args.size or None, fmt=args.format, images=not args.raw_only, raw=not args.no_raw,
             fit=Fit(args.fit) if args.fit else None)
-        summary = export(model, inputs, args.out, options, batch_size=args.batch_size,
+        summary = export(model, scan.files, args.out, options, batch_size=args.batch_size,
                          workers=args.workers, writers=args.writers, resume=args.resume,
                          progress=not args.quiet and rank == 0, rank=rank, world=world,
-                         barrier=barrier, model_name=args.model)
+                         barrier=barrier, model_name=args.model, notes=input_notes(scan))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is written stays, the rest resumes
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 128 + (exc.args[0] if exc.args else signal.SIGINT)

@@ -34,7 +34,7 @@ from .checkpoint import model_meta
 from .diagnostics import image_diagnostics
 from .errors import ImageError
 from .explain import ood_scores, preprocess_for, token_maps
-from .image import Geometry, fit_image, load_image, to_tensor
+from .image import Geometry, Inputs, fit_image, load_image, scan_inputs, to_tensor
 from .maps import ImageMaps, Scale, TokenMaps, token_table
 from .meta import Fit, Preprocess
 from .render import Colormap
@@ -81,6 +81,7 @@ class ExportSummary:
     exported: int = 0
     skipped: int = 0
     failed: int = 0
+    not_images: int = 0  # files in the input folders skipped as not images (recorded, not failures)
     wall_s: float = 0.0
     images_per_s: float = 0.0
     device: str = ""
@@ -175,10 +176,11 @@ def merge_manifest(out_dir: Path, order: Sequence[str], summary: ExportSummary) 
     records = read_records(out_dir)
     rank = {s: i for i, s in enumerate(order)}
     ordered = sorted(records.values(), key=lambda r: (rank.get(r["source"], len(rank)), r["source"]))
-    summary.failed = sum(r.get("status") != "ok" for r in ordered)
-    summary.ok = len(ordered) - summary.failed
+    summary.failed = sum(r.get("status") == "error" for r in ordered)
+    summary.not_images = sum(r.get("status") == "not an image" for r in ordered)
+    summary.ok = sum(r.get("status") == "ok" for r in ordered)
     summary.failures = [{"source": r["source"], "error": r.get("error", "")}
-                        for r in ordered if r.get("status") != "ok"]
+                        for r in ordered if r.get("status") == "error"]
     lines = [json.dumps(r, ensure_ascii=False) for r in ordered]
     lines.append(json.dumps({"summary": asdict(summary)}, ensure_ascii=False))
     atomic_write(out_dir / MANIFEST, ("\n".join(lines) + "\n").encode("utf-8"))
@@ -341,21 +343,24 @@ def _start(out: Path, resume: bool, rank: int, barrier: Callable[[], Any] | None
 def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
            options: ExportOptions = ExportOptions(), *, batch_size: int = 16, workers: int = 2,
            writers: int = 2, resume: bool = True, progress: bool = True, rank: int = 0,
-           world: int = 1, barrier=None, model_name: str = "") -> ExportSummary:
+           world: int = 1, barrier: Callable[[], Any] | None = None, model_name: str = "",
+           notes: Sequence[tuple[Path, str, str]] = ()) -> ExportSummary:
     """Export token maps of ``inputs`` (image paths, in this order) into ``out_dir``.
 
     Returns the summary of this run (after merging the manifest when ``rank == 0``).
-    ``barrier`` is called before merging in multi-process runs.
+    ``barrier`` is called before merging in multi-process runs. ``notes`` are inputs that were
+    not exported, recorded as they are: ``(path, status, reason)`` with status ``"error"`` (a
+    failed input) or ``"not an image"`` (skipped by :func:`vtviz.image.scan_inputs`'s rule).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = model_meta(model)
     pre = preprocess_for(model, options.fit)
-    order = [str(p) for p in inputs]
+    order = [str(p) for p in inputs] + [str(p) for p, _, _ in notes]  # the manifest's order
     done = _start(out, resume, rank, barrier)
-    mine = [(i, Path(s)) for i, s in enumerate(order) if i % world == rank]
+    mine = [(i, Path(p)) for i, p in enumerate(inputs) if i % world == rank]
     todo = [(i, p) for i, p in mine if str(p) not in done]
-    summary = ExportSummary(inputs=len(order), skipped=len(mine) - len(todo),
+    summary = ExportSummary(inputs=len(inputs), skipped=len(mine) - len(todo),
                             device=str(next(model.parameters()).device), model=model_name or meta.name,
                             world_size=world)
     part = out / PARTS / f"rank{rank:03d}-of-{world:03d}.jsonl"
@@ -365,6 +370,9 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                unit="img", disable=not progress)
     with open(part, "a", encoding="utf-8") as manifest, ThreadPoolExecutor(writers) as pool:
         pending: deque[Future] = deque()
+        for path, status, reason in (notes if rank == 0 else ()):
+            manifest.write(json.dumps({"source": str(path), "status": status, "error": reason},
+                                      ensure_ascii=False) + "\n")
 
         def write_record(rec: dict[str, Any]) -> None:
             manifest.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -433,9 +441,13 @@ def load_manifest(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, 
 
 def iter_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Expand the command line's INPUTs (files, folders, globs) in a stable order."""
-    from .image import iter_image_files
+    return scan_inputs(inputs).files
 
-    return iter_image_files(inputs)
+
+def input_notes(scan: Inputs) -> list[tuple[Path, str, str]]:
+    """The ``notes`` of :func:`export` for what :func:`vtviz.image.scan_inputs` set aside."""
+    return ([(p, "error", reason) for p, reason in scan.rejected]
+            + [(p, "not an image", reason) for p, reason in scan.skipped])
 
 
 __all__ = ["ExportOptions", "ExportSummary", "export", "iter_inputs", "load_manifest", "parse_indices",

@@ -6,6 +6,7 @@ RGB everywhere; OpenCV is only used for resizing (channel order does not matter 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,21 +247,59 @@ def maps_to_original(maps: Tensor, geometry: Geometry,
     return out.reshape(*lead, th, tw), mask
 
 
-def iter_image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files, folders (recursive) and glob patterns into a sorted list of image paths.
+#: Leading bytes of the image formats vtviz decodes (for files without an image suffix).
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF", b"P6", b"P5")
 
-    Folders contribute files with an image suffix; files named explicitly are kept whatever
-    their suffix (so that a bad one is reported rather than skipped).
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a list of INPUTs expands to: image files to process, files skipped as not images
+    (with the reason) and paths that cannot be read as files at all (with the reason)."""
+
+    files: list[Path]
+    skipped: list[tuple[Path, str]]
+    rejected: list[tuple[Path, str]]
+
+
+def _looks_like_image(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8).startswith(IMAGE_SIGNATURES)
+    except OSError:
+        return False
+
+
+def scan_inputs(inputs: Sequence[str | Path]) -> Inputs:
+    """Expand files, folders (recursive) and glob patterns, in a stable order, without reading
+    anything but regular files' first bytes.
+
+    Rule: inside folders, regular files with an image suffix are taken, and so are other
+    non-hidden regular files whose content starts like an image (JPEG, PNG, GIF, BMP, TIFF,
+    WebP, PPM/PGM); the rest are ``skipped`` (reported, not errors). Files named explicitly
+    are taken whatever their suffix, so that a bad one is reported. Named paths that are not
+    regular files (a FIFO, a device, a dangling or looping symbolic link) are ``rejected``.
     """
     import glob
 
     found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    rejected: list[tuple[Path, str]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
+            for q in sorted(p.rglob("*")):
+                if not q.is_file() or q.name.startswith("."):
+                    continue
+                if q.suffix.lower() in IMAGE_SUFFIXES or _looks_like_image(q):
+                    found.append(q)
+                else:
+                    skipped.append((q, "not an image (by name and content)"))
+        elif p.is_file():
             found.append(p)
+        elif p.exists() or os.path.lexists(p):
+            reason = ("not a regular file (a pipe, device or socket)" if p.exists()
+                      else "a dangling or looping symbolic link")
+            rejected.append((p, reason))
         else:
             matches = sorted(glob.glob(str(item), recursive=True))
             if not matches:
@@ -269,4 +308,9 @@ def iter_image_files(inputs: Sequence[str | Path]) -> list[Path]:
     unique: dict[Path, Path] = {}  # first occurrence of each file wins, order kept
     for p in found:
         unique.setdefault(p.resolve(), p)
-    return list(unique.values())
+    return Inputs(list(unique.values()), skipped, rejected)
+
+
+def iter_image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files of :func:`scan_inputs` (files, folders and globs; see its rule)."""
+    return scan_inputs(inputs).files
