@@ -75,3 +75,58 @@ def test_bundled_models_ship_in_the_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for name in BUNDLED:
         assert f"vtviz/pretrained/{name}.safetensors" in names
+
+
+def _val_sample(model: torch.nn.Module, per_class: int) -> np.ndarray:
+    from vtviz.data import read_image_folder
+
+    meta = vtviz.model_meta(model)
+    data = read_image_folder(VAL, meta.preprocess, class_ids=meta.class_ids, workers=2, progress=False)
+    keep = np.concatenate([np.flatnonzero(data.labels == c)[:per_class] for c in range(10)])
+    return np.asarray(data.images)[keep]
+
+
+@pytest.mark.skipif(not VAL.is_dir(), reason="Imagenette val not beside the repository")
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_diagnostics_of_the_shipped_models(name):
+    """Measured here on 100 val photos: no sink token, a projector that uses several tokens, few
+    border tokens, no positional token, and a recurrent tokenizer that depends on its input tokens."""
+    from vtviz.diagnostics import DiagnosticsAccumulator
+    from vtviz.maps import map_correlation
+
+    model = vtviz.load_model(name, device="cpu")
+    images = _val_sample(model, 10)
+    pre = vtviz.model_meta(model).preprocess
+    from vtviz.data import normalize_batch, resize_batch
+
+    acc = DiagnosticsAccumulator()
+    corr = []
+    for start in range(0, len(images), 50):
+        x = normalize_batch(resize_batch(torch.from_numpy(images[start:start + 50]), pre.size), pre.mean, pre.std)
+        maps = vtviz.token_maps(model, x)
+        acc.update(maps)
+        if "recurrent" in model.tokenizer_kinds:
+            zeroed = vtviz.token_maps(model, x, ablation=vtviz.Ablation(recurrent_dynamic=False))
+            corr.append(float(map_correlation(zeroed.layers[1].attention, maps.layers[1].attention).mean()))
+    for d in acc.result():
+        assert d.max_received <= 0.5 and d.sink_tokens == 0, d
+        assert d.border_sinks <= 1 and d.positional is not None and len(d.positional) <= 1, d
+        if d.owners is not None:
+            assert d.owners >= 4, d
+    if corr:  # the recurrent maps come from the previous tokens: without them they are gone
+        assert np.mean(corr) <= 0.8
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_ood_flag_of_the_shipped_models(name):
+    """A plain chessboard and noise are flagged; known-class photos (when at hand) mostly not."""
+    model = vtviz.load_model(name, device="cpu")
+    assert model.ood is not None
+    rng = np.random.default_rng(0)
+    chess = ((np.indices((256, 256)).sum(0) // 32) % 2 * 255).astype(np.uint8)
+    foreign = [np.repeat(chess[..., None], 3, -1), rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)]
+    assert vtviz.explain_images(model, foreign).unfamiliar() == [True, True]
+    if VAL.is_dir():
+        images = list(_val_sample(model, 2))
+        flags = vtviz.explain_images(model, images).unfamiliar()
+        assert flags is not None and sum(flags) <= 2  # the threshold flags ~5% of held-out training photos
