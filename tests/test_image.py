@@ -160,3 +160,23 @@ def test_cell_to_original_inverts_the_geometry(fit):
     assert (x + cx) / 2 == pytest.approx(100, abs=tol) and (y + cy) / 2 == pytest.approx(60, abs=tol)
     # one cell is input_size / 4 input pixels, i.e. that over the scale in photo pixels
     assert cx - x == pytest.approx(16 / geo.scale[1]) and cy - y == pytest.approx(16 / geo.scale[0])
+
+
+def test_any_decoder_failure_is_the_files_error(tmp_path):
+    """A PNG whose text chunk inflates past Pillow's limit raises ValueError inside the decoder:
+    it must become an ImageError naming the file (predict and export then go on)."""
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    from vtviz.errors import ImageError
+    from vtviz.image import load_image
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (8 * 2**20), zip=True)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, "PNG", pnginfo=info)
+    path = tmp_path / "ztxt.png"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(ImageError, match="ztxt.png"):
+        load_image(path)

@@ -77,6 +77,8 @@ def load_image(source: ImageSource, *, name: str | None = None,
             raise ImageError(label, f"image too large ({exc})") from None
         except OSError as exc:
             raise ImageError(label, f"cannot read image header ({exc})") from None
+        except Exception as exc:  # any other decoder failure (e.g. a huge PNG text chunk) is this file's
+            raise ImageError(label, f"cannot decode ({type(exc).__name__}: {exc})") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ImageError(label, f"image too large: {w}x{h} = {w * h / 1e6:.1f} megapixels, "
@@ -92,7 +94,14 @@ def load_image(source: ImageSource, *, name: str | None = None,
         raise ImageError(label, f"image too large ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(label, f"corrupt or truncated image data ({exc})") from None
-    return _pil_to_rgb(img)
+    except Exception as exc:
+        raise ImageError(label, f"cannot decode ({type(exc).__name__}: {exc})") from None
+    try:
+        return _pil_to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(label, f"cannot convert to RGB ({type(exc).__name__}: {exc})") from None
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
