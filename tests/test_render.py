@@ -91,3 +91,11 @@ def test_encode_formats(fmt):
     back = cv2.cvtColor(cv2.imdecode(np.frombuffer(render.encode(img, fmt), np.uint8), 1),
                         cv2.COLOR_BGR2RGB)
     np.testing.assert_allclose(back, img, atol=6)
+
+
+def test_labels_with_newlines_and_control_characters_draw():
+    from vtviz import render
+
+    strip = render.text_strip("photo\nwith a\tnewline\x00.png", 200)
+    assert strip.shape == (18, 200, 3) and (strip < 128).any()  # text drawn, no exception
+    assert render.text_width("a\nb") == render.text_width("a b")

@@ -265,6 +265,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def text_strip(text: str, width: int, height: int = 18, size: int = 12,
                background: tuple[int, int, int] = (255, 255, 255), align: str = "left") -> np.ndarray:
     """A label as an RGB strip ``[height, width, 3]`` (text cut to fit; left/center/right)."""
+    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)  # one line: no newlines
     img = Image.new("RGB", (max(width, 1), height), background)
     draw = ImageDraw.Draw(img)
     font = _font(size)
@@ -292,6 +293,7 @@ def legend(labels: Sequence[str], palette: np.ndarray = PALETTE, columns: int = 
 def text_width(text: str, size: int = 12) -> int:
     """Width in pixels that :func:`text_strip` needs to show ``text`` uncut."""
     img = Image.new("RGB", (1, 1))
+    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
     return int(np.ceil(ImageDraw.Draw(img).textlength(text, font=_font(size)))) + 6
 
 
