@@ -262,3 +262,21 @@ def test_non_images_and_non_files_are_recorded_not_dropped(tmp_path, checkpoint)
     assert status == {"img000.png": "ok", "img001.png": "ok", "IMG_0003": "ok", "README.txt": "not an image",
                       "pipe.jpg": "error", "gone.jpg": "error"}
     assert summary["failed"] == 2 and summary["not_images"] == 1 and summary["ok"] == 3
+
+
+def test_resume_redoes_changed_photos_and_changed_options(tmp_path, checkpoint):
+    src = tmp_path / "in"
+    paths = _photos(src, 3)
+    out = tmp_path / "out"
+    cmd = _export_cmd(checkpoint, src, out) + ["--raw-only"]
+    assert subprocess.run(cmd, env=ENV, timeout=300).returncode == 0
+    _, summary = load_manifest(out)
+    assert summary["exported"] == 3
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(paths[1])  # same path, new content
+    assert subprocess.run(cmd, env=ENV, timeout=300).returncode == 0
+    records, summary = load_manifest(out)
+    assert summary["exported"] == 1 and summary["skipped"] == 2
+    assert next(r for r in records if r["source"] == str(paths[1]))["size"] == [60, 50]
+    assert subprocess.run(cmd + ["--alpha", "0.3"], env=ENV, timeout=300).returncode == 0  # other options
+    _, summary = load_manifest(out)
+    assert summary["exported"] == 3 and summary["skipped"] == 0

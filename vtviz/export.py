@@ -281,7 +281,8 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
 
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
-                out_dir: Path, ood: dict[str, Any] | None = None, model_name: str = "") -> dict[str, Any]:
+                out_dir: Path, ood: dict[str, Any] | None = None, model_name: str = "",
+                fingerprint: str = "") -> dict[str, Any]:
     """Draw (through :func:`vtviz.views.image_pictures`), encode and write all outputs of one
     image whose maps are ``maps`` (batch of one); returns its manifest record."""
     assert item.image is not None and item.geometry is not None
@@ -292,6 +293,7 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
     h0, w0 = item.image.shape[:2]
     record: dict[str, Any] = {
         "source": item.source, "status": "ok", "sha256": item.sha256, "size": [w0, h0],
+        "fingerprint": fingerprint,  # model weights and options: a rerun with others redoes the photo
         "output_dir": folder,
         "top5": [{"class": c, "p": round(p, 4)} for c, p in one.top_k(5)[0]],
         "ood": ood,  # out-of-distribution score and flag (None: the model has none)
@@ -328,8 +330,10 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
 
 
 # --------------------------------------------------------------------------- driver
-def _start(out: Path, resume: bool, rank: int, barrier: Callable[[], Any] | None) -> set[str]:
-    """Clean up after a killed run (rank 0) and return the sources already complete."""
+def _start(out: Path, resume: bool, rank: int, barrier: Callable[[], Any] | None,
+           fingerprint: str) -> dict[str, str]:
+    """Clean up after a killed run (rank 0); return the sources already complete under the same
+    model and options (``fingerprint``), with the SHA-256 of the content they were made from."""
     if rank == 0:
         remove_stale_temporaries(out)
         if not resume:
@@ -337,7 +341,26 @@ def _start(out: Path, resume: bool, rank: int, barrier: Callable[[], Any] | None
                 f.unlink(missing_ok=True)
     if barrier is not None:
         barrier()
-    return {s for s, r in read_records(out).items() if is_complete(r, out)} if resume else set()
+    if not resume:
+        return {}
+    return {s: r.get("sha256", "") for s, r in read_records(out).items()
+            if is_complete(r, out) and r.get("fingerprint") == fingerprint}
+
+
+def export_fingerprint(model: nn.Module, options: ExportOptions) -> str:
+    """What an export's outputs depend on besides the photo: the weights and the options."""
+    h = hashlib.sha256(json.dumps(asdict(options), sort_keys=True, default=str).encode())
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _unchanged(path: Path, sha256: str) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
@@ -357,9 +380,10 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
     meta = model_meta(model)
     pre = preprocess_for(model, options.fit)
     order = [str(p) for p in inputs] + [str(p) for p, _, _ in notes]  # the manifest's order
-    done = _start(out, resume, rank, barrier)
+    fingerprint = export_fingerprint(model, options)
+    done = _start(out, resume, rank, barrier, fingerprint)
     mine = [(i, Path(p)) for i, p in enumerate(inputs) if i % world == rank]
-    todo = [(i, p) for i, p in mine if str(p) not in done]
+    todo = [(i, p) for i, p in mine if str(p) not in done or not _unchanged(p, done[str(p)])]
     summary = ExportSummary(inputs=len(inputs), skipped=len(mine) - len(todo),
                             device=str(next(model.parameters()).device), model=model_name or meta.name,
                             world_size=world)
@@ -398,7 +422,7 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
                 pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out, ood,
-                                           summary.model))
+                                           summary.model, fingerprint))
             batch.clear()
             drain(2 * writers)
 
