@@ -180,3 +180,29 @@ def test_any_decoder_failure_is_the_files_error(tmp_path):
     path.write_bytes(buf.getvalue())
     with pytest.raises(ImageError, match="ztxt.png"):
         load_image(path)
+
+
+def test_crop_of_a_very_long_image_allocates_little():
+    """A 1 x 60000 strip under 'crop' must not be resized whole (224 x 13 million pixels)."""
+    import tracemalloc
+
+    from vtviz.image import fit_image
+    from vtviz.meta import Fit, Preprocess
+
+    strip = np.zeros((1, 60000, 3), np.uint8)
+    strip[0, 29990:30010] = 255  # a bright dash at the centre
+    tracemalloc.start()
+    out, geo = fit_image(strip, Preprocess(size=224, fit=Fit.CROP))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (224, 224, 3) and peak < 50e6
+    assert out[:, 112].mean() > 200  # the dash is in the middle of the crop
+    # the same pixels as resizing the whole image, for a long image past the threshold
+    import cv2
+
+    wide = cv2.resize(np.random.default_rng(0).integers(0, 255, (6, 120, 3), dtype=np.uint8), (2400, 60))
+    got, geo = fit_image(wide, Preprocess(size=64, fit=Fit.CROP))
+    rh, rw = round(geo.scale[0] * 60), round(geo.scale[1] * 2400)
+    whole = cv2.resize(wide, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    y0, x0 = int(-geo.offset[0]), int(-geo.offset[1])
+    assert np.abs(got.astype(int) - whole[y0:y0 + 64, x0:x0 + 64]).mean() < 3

@@ -191,6 +191,24 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def _crop_long(img: np.ndarray, s: int, rh: int, rw: int, y0: int, x0: int) -> tuple[np.ndarray, Geometry]:
+    """The centre crop of a very long image without resizing all of it (a 1 x 60000 strip would
+    otherwise become a 224 x 13 million image): cut the original around the crop window (two
+    pixels of margin), resize that piece by the same factors, take the window."""
+    h, w = img.shape[:2]
+    ry, rx = rh / h, rw / w
+    a = max(0, int(np.floor(y0 / ry)) - 2)
+    b = min(h, int(np.ceil((y0 + s) / ry)) + 2)
+    c = max(0, int(np.floor(x0 / rx)) - 2)
+    d = min(w, int(np.ceil((x0 + s) / rx)) + 2)
+    piece = _resize(img[a:b, c:d], max(1, round((b - a) * ry)), max(1, round((d - c) * rx)))
+    py, px = y0 - round(a * ry), x0 - round(c * rx)
+    out = piece[py:py + s, px:px + s]
+    if out.shape[:2] != (s, s):  # rounding at the very edge: pad with the nearest pixels
+        out = cv2.copyMakeBorder(out, 0, s - out.shape[0], 0, s - out.shape[1], cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(out), Geometry((h, w), (s, s), (ry, rx), (-y0, -x0))
+
+
 def fit_image(img: np.ndarray, pre: Preprocess) -> tuple[np.ndarray, Geometry]:
     """Bring RGB ``[H, W, 3]`` to ``[S, S, 3]`` (S = ``pre.size``) by ``pre.fit``; with geometry."""
     h, w = img.shape[:2]
@@ -202,8 +220,10 @@ def fit_image(img: np.ndarray, pre: Preprocess) -> tuple[np.ndarray, Geometry]:
         short = max(s, round(s / pre.crop_pct))
         r = short / min(h, w)
         rh, rw = max(s, round(h * r)), max(s, round(w * r))
-        resized = _resize(img, rh, rw)
         y0, x0 = (rh - s) // 2, (rw - s) // 2
+        if rh * rw > 16 * s * s:  # a very long image: resize only the part the centre crop uses
+            return _crop_long(img, s, rh, rw, y0, x0)
+        resized = _resize(img, rh, rw)
         out = resized[y0:y0 + s, x0:x0 + s]
         return np.ascontiguousarray(out), Geometry((h, w), (s, s), (rh / h, rw / w), (-y0, -x0))
     r = s / max(h, w)
