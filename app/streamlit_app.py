@@ -108,6 +108,10 @@ model_label = sb.selectbox("Model", model_labels, index=default,
 model_key = st.session_state.models[model_label]
 model = store().get(model_key)
 meta = vtviz.model_meta(model)
+if not isinstance(model, vtviz.VTResNet):
+    st.error(f"{model_label} is a {meta.config.arch} without visual tokens (e.g. the ResNet baseline): "
+             "there are no token maps to show. Choose a VT model in the sidebar.")
+    st.stop()
 with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
     st.write(", ".join(meta.classes))
     st.caption("Any other photo is still forced into one of these; a photo unlike the training photos "

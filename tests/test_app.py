@@ -246,3 +246,24 @@ def test_gallery_folder_opens_in_the_app(app, tmp_path):
     app.text_input(key="gallery_dir").set_value(str(tmp_path / "nothing"))
     app.run()
     assert any("Cannot read that gallery" in e.value for e in app.error)
+
+
+def test_a_model_without_tokens_is_explained_not_a_crash(app, tmp_path):
+    import torch
+
+    from vtviz.meta import ModelMeta, Preprocess
+
+    torch.manual_seed(0)
+    baseline = vtviz.resnet18(num_classes=10)
+    meta = ModelMeta(config=baseline.config, classes=tuple(f"c{i}" for i in range(10)),
+                     preprocess=Preprocess(size=64), name="resnet18-baseline")
+    path = vtviz.save_model(baseline, tmp_path / "resnet18", meta)
+    app.run()
+    ckpt = [u for u in app.file_uploader if u.label.startswith("vtviz checkpoint")][0]
+    ckpt.set_value(("resnet18.safetensors", path.read_bytes(), "application/octet-stream"))
+    app.run()
+    label = [o for o in _by_label(app.sidebar.selectbox, "Model").options if "resnet18" in o][0]
+    _by_label(app.sidebar.selectbox, "Model").set_value(label)
+    app.run()
+    assert not app.exception
+    assert any("without visual tokens" in e.value for e in app.error)

@@ -137,3 +137,36 @@ def test_uploaded_checkpoint_errors_name_the_users_file(tmp_path):
     with pytest.raises(vtviz.CheckpointError) as info:
         ModelStore(device="cpu").add_upload(b"\xff\xd8\xff\xe0 not really a photo", "my model.pt")
     assert "my model.pt" in str(info.value) and "vtviz-uploads" not in str(info.value)
+
+
+@pytest.mark.parametrize("change", [{"size": 0}, {"size": 20000}, {"crop_pct": 0}, {"mean": [0.5, 0.5]},
+                                    {"std": [0.2, 0.0, 0.2]}])
+def test_bad_preprocessing_is_refused_at_load(tmp_path, small_model, change):
+    import json
+
+    from safetensors.torch import save_file
+
+    meta = vtviz.model_meta(small_model).to_dict()
+    meta["preprocess"] = {**meta["preprocess"], **change}
+    state = {k: v.contiguous() for k, v in small_model.state_dict().items()}
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path), metadata={"format": "vtviz/1", "vtviz": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match="preprocess"):
+        vtviz.load_model(path)
+
+
+@pytest.mark.parametrize("damage", ["nan", "int"])
+def test_non_finite_or_integer_weights_are_refused(tmp_path, small_model, damage):
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous().clone() for k, v in small_model.state_dict().items()}
+    if damage == "nan":
+        state["fc.weight"][0, 0] = float("nan")
+    else:
+        state["fc.weight"] = state["fc.weight"].to(torch.int32)
+    path = tmp_path / "damaged.safetensors"
+    save_file(state, str(path), metadata={"vtviz": json.dumps(vtviz.model_meta(small_model).to_dict())})
+    with pytest.raises(CheckpointError, match="NaN" if damage == "nan" else "int32"):
+        vtviz.load_model(path)

@@ -186,7 +186,7 @@ def read_checkpoint(
     if raw is not None:
         try:
             meta = ModelMeta.from_dict(dict(raw))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{path}: bad vtviz metadata ({type(exc).__name__}: {exc})") from None
     if meta is None:
         raise CheckpointError(
@@ -231,6 +231,13 @@ def load_model(
         raise CheckpointError(f"{path}: {exc}") from None
     check_state_dict(model, tensors, str(path))
     reference = model.state_dict()
+    for key, value in tensors.items():
+        if reference[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} is {value.dtype}, the architecture expects floats")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: tensor(s) {bad[:3]} hold NaN or infinite values "
+                              f"({len(bad)} in all): the model would print nan")
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in tensors.items()})
     model.meta = meta
     return model.to(resolve_device(device)).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,17 @@ class Preprocess:
     crop_pct: float = 1.0  # CROP only: the crop covers this share of the resized shorter side
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or not 16 <= self.size <= 4096:
+            raise ValueError(f"preprocess size {self.size!r}: expected an integer in 16..4096")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"preprocess crop_pct {self.crop_pct!r}: expected a share in (0, 1]")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"preprocess {name} {list(values)}: expected 3 finite numbers (R, G, B)")
+        if min(self.std) <= 0:
+            raise ValueError(f"preprocess std {list(self.std)}: must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
