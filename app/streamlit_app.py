@@ -24,7 +24,7 @@ from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap
 from vtviz.runtime import device_label
-from vtviz.session import ModelStore, Upload, content_hash, explain_upload, sample_uploads
+from vtviz.session import ModelStore, Upload, content_hash, explain_upload, plain, sample_uploads
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-r18-imagenette"
@@ -73,7 +73,7 @@ def run_model(model_key: str, uploads: list[Upload], fit: str) -> tuple[vtviz.Im
             results.append(explain_cached(model_key, content_hash(up.data), fit, up))
             kept.append(up)
         except VTVizError as exc:
-            st.error(f"Skipped {exc}")
+            st.error(f"Skipped {plain(exc)}")
     return (views.concat(results) if results else None), kept
 
 
@@ -94,9 +94,9 @@ with sb.expander("Load another checkpoint"):
             key = store().add_upload(data, ckpt.name)
             label = f"uploaded: {len(st.session_state.models):02d}-{views.safe_stem(ckpt.name)}"
             st.session_state.models[label] = key
-            st.success(f"Loaded {label}")
+            st.success(f"Loaded {plain(label)}")
         except CheckpointError as exc:
-            st.error(f"Not a usable vtviz model, kept the previous one. {exc}")
+            st.error(f"Not a usable vtviz model, kept the previous one. {plain(exc)}")
 model_labels = list(st.session_state.models)
 if not model_labels:
     st.error("No model: put a checkpoint in vtviz/pretrained/ (or set VTVIZ_PRETRAINED to a folder) "
@@ -109,7 +109,7 @@ model_key = st.session_state.models[model_label]
 model = store().get(model_key)
 meta = vtviz.model_meta(model)
 if not isinstance(model, vtviz.VTResNet):
-    st.error(f"{model_label} is a {meta.config.arch} without visual tokens (e.g. the ResNet baseline): "
+    st.error(f"{plain(model_label)} is a {meta.config.arch} without visual tokens (e.g. the ResNet baseline): "
              "there are no token maps to show. Choose a VT model in the sidebar.")
     st.stop()
 with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
@@ -263,7 +263,7 @@ elif view == VIEWS[4]:
             gallery = load_gallery(folder, layer)
             source = f"gallery folder {folder}"
         except (OSError, ValueError, KeyError) as exc:
-            st.error(f"Cannot read that gallery: {exc}")
+            st.error(f"Cannot read that gallery: {plain(exc)}")
             st.stop()
     else:
         gallery = gallery_cached(model_key, fit, tuple(content_hash(up.data) for up in shown), layer, shown)

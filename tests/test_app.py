@@ -123,13 +123,23 @@ def test_upload_switch_layer_tokens_kind_model(app):
     assert app.calls["n"] == 8  # the comparison reused the first model's cached maps
 
 
+def test_upload_names_are_shown_as_text_not_markdown(app):
+    app.run()
+    uploader = [u for u in app.file_uploader if u.label.startswith("Drop")][0]
+    evil = "![x](http://127.0.0.1:9/leak.png).png"
+    uploader.set_value([("good.png", _png(3), "image/png"), (evil, b"not an image", "image/png")])
+    app.run()
+    message = next(e.value for e in app.error if "leak" in e.value)
+    assert "![x](" not in message and "\\!\\[x\\]\\(" in message  # escaped: rendered as text
+
+
 def test_bad_upload_named_others_render(app):
     app.run()
     uploader = [u for u in app.file_uploader if u.label.startswith("Drop")][0]
     uploader.set_value([("good.png", _png(3), "image/png"), ("broken.png", b"\x89PNG garbage", "image/png")])
     app.run()
     assert not app.exception
-    assert any("broken.png" in e.value for e in app.error)
+    assert any("broken\\.png" in e.value for e in app.error)  # the name, escaped for Markdown
     assert app.image[0].captions[0].startswith("rows: tokens")
 
 

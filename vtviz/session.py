@@ -117,3 +117,12 @@ def sample_uploads(bundled: Path, data: Path | None | str = "default", classes: 
         extra = bundled / foreign
         return picked + ([Upload(extra.name, extra.read_bytes())] if extra.is_file() else []), True
     return [Upload(p.name, p.read_bytes()) for p in sorted(bundled.glob("*.jpg"))], False
+
+
+_MARKDOWN = set("\\`*_{}[]()#+-.!|<>~$:")
+
+
+def plain(text: object) -> str:
+    """``text`` made inert for Markdown (Streamlit renders messages as Markdown): every Markdown
+    character backslash-escaped, so an uploaded name like ``![x](http://...)`` stays text."""
+    return "".join("\\" + c if c in _MARKDOWN else c for c in str(text)).replace("\n", " ")
