@@ -106,7 +106,12 @@ default = model_labels.index(DEFAULT_MODEL) if DEFAULT_MODEL in model_labels els
 model_label = sb.selectbox("Model", model_labels, index=default,
                            help="A bundled model, or one loaded below from a checkpoint file")
 model_key = st.session_state.models[model_label]
-model = store().get(model_key)
+try:
+    model = store().get(model_key)
+except CheckpointError:  # an uploaded checkpoint evicted to bound memory (the store keeps the newest)
+    del st.session_state.models[model_label]
+    st.error(f"{plain(model_label)} was unloaded to save memory: upload it again to use it.")
+    st.stop()
 meta = vtviz.model_meta(model)
 if not isinstance(model, vtviz.VTResNet):
     st.error(f"{plain(model_label)} is a {meta.config.arch} without visual tokens (e.g. the ResNet baseline): "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -277,3 +278,27 @@ def test_a_model_without_tokens_is_explained_not_a_crash(app, tmp_path):
     app.run()
     assert not app.exception
     assert any("without visual tokens" in e.value for e in app.error)
+
+
+def test_uploads_are_kept_small_and_few(tmp_path, small_model):
+    """A huge upload is kept at most DISPLAY_SIDE px; only the newest uploaded checkpoints stay."""
+    from vtviz.session import DISPLAY_SIDE, ModelStore, Upload, explain_upload
+
+    big = np.zeros((3000, 2000, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format="PNG")
+    res = explain_upload(small_model, Upload("big.png", buf.getvalue()))
+    assert max(res.images[0].shape[:2]) == DISPLAY_SIDE and res.geometries[0].original_size == (1600, 1067)
+    store = ModelStore(device="cpu", max_uploads=1)
+    import copy
+
+    paths = []
+    for seed in range(2):
+        m = copy.deepcopy(small_model)
+        with torch.no_grad():
+            m.fc.bias.fill_(seed)  # two different files
+        p = vtviz.save_model(m, tmp_path / f"m{seed}", vtviz.model_meta(m))
+        paths.append(store.add_upload(p.read_bytes(), f"m{seed}.safetensors"))
+    from pathlib import Path
+
+    assert not Path(paths[0]).exists() and Path(paths[1]).exists()  # the older one is gone

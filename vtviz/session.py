@@ -18,6 +18,7 @@ from .explain import explain_images
 from .image import MAX_PIXELS, load_image
 from .maps import ImageMaps
 from .meta import Fit
+from .render import fit_size, resize_image
 
 _UPLOAD_DIR: Path | None = None
 
@@ -33,9 +34,11 @@ def upload_dir() -> Path:
 class ModelStore:
     """Loads each model once per process; safe to share between concurrent sessions."""
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(self, device: str = "auto", max_uploads: int = 3) -> None:
         self.device = device
+        self.max_uploads = max_uploads
         self._models: dict[str, nn.Module] = {}
+        self._uploads: list[str] = []  # keys of uploaded checkpoints, oldest first
         self._lock = threading.Lock()
 
     def get(self, key: str) -> nn.Module:
@@ -44,6 +47,14 @@ class ModelStore:
             if key not in self._models:
                 self._models[key] = load_model(key, device=self.device)
             return self._models[key]
+
+    def _evict_uploads(self) -> None:
+        """Keep the ``max_uploads`` newest uploaded checkpoints; forget and delete the rest."""
+        with self._lock:
+            while len(self._uploads) > self.max_uploads:
+                old = self._uploads.pop(0)
+                self._models.pop(old, None)
+                Path(old).unlink(missing_ok=True)
 
     @staticmethod
     def bundled() -> list[str]:
@@ -61,6 +72,11 @@ class ModelStore:
             tmp.replace(path)
         try:
             self.get(str(path))
+            with self._lock:
+                if str(path) in self._uploads:
+                    self._uploads.remove(str(path))
+                self._uploads.append(str(path))
+            self._evict_uploads()
         except CheckpointError as exc:
             path.unlink(missing_ok=True)
             raise CheckpointError(str(exc).replace(str(path), filename)) from None  # the user's name
@@ -83,10 +99,18 @@ class Upload:
     data: bytes
 
 
+#: The app keeps (and draws on) uploads at most this many pixels on their longer side, so that
+#: its cache holds a bounded amount per photo (an 8000 x 8000 upload would hold 192 MB).
+DISPLAY_SIDE = 1600
+
+
 def explain_upload(model: nn.Module, upload: Upload, fit: Fit | str | None = None,
-                   max_pixels: int = MAX_PIXELS) -> ImageMaps:
-    """Decode one uploaded image (errors name the file) and explain it."""
+                   max_pixels: int = MAX_PIXELS, max_side: int = DISPLAY_SIDE) -> ImageMaps:
+    """Decode one uploaded image (errors name the file), bring it to at most ``max_side`` px on
+    its longer side, and explain it (maps and geometry refer to that copy)."""
     image = load_image(upload.data, name=upload.name, max_pixels=max_pixels)
+    if max(image.shape[:2]) > max_side:
+        image = resize_image(image, fit_size(image.shape[:2], max_side))
     return explain_images(model, [image], fit=fit)
 
 
