@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 import vtviz
