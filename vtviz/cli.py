@@ -305,7 +305,9 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--contour", type=lambda v: None if v.lower() == "none" else float(v), default=0.5,
                    help="outline the region holding this share of each token's attention (default 0.5; "
                         "'none': no outline)")
-    p.add_argument("--size", type=int, default=0, help="longer side of the pictures (default: original)")
+    p.add_argument("--size", type=int, default=1600,
+                   help="longer side of the pictures in px (default 1600: memory stays bounded whatever "
+                        "the photo's size; 0: the photo's own size)")
     p.add_argument("--format", default="png", choices=["png", "jpg", "webp"])
     p.add_argument("--fit", default=None, choices=[f.value for f in Fit],
                    help="override the model's preprocessing (letterbox: see whole photos)")

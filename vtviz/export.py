@@ -60,7 +60,7 @@ class ExportOptions:
     colormap: Colormap = Colormap.TURBO
     alpha: float = views.RenderOptions.alpha
     contour: float | None = views.RenderOptions.contour
-    size: int | None = None
+    size: int | None = 1600  # pictures' longer side; None: the photo's own (memory grows with it)
     fmt: str = "png"
     images: bool = True
     raw: bool = True
