@@ -92,6 +92,9 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
             page.goto(server)
             page.get_by_text("rows: tokens").first.wait_for(timeout=90_000)
             before, _ = _grid_image(page)
+            ARTIFACTS.mkdir(exist_ok=True)
+            time.sleep(1)
+            page.screenshot(path=str(ARTIFACTS / "app-start.png"), full_page=False)  # the samples
             page.locator('[data-testid="stMain"] input[type="file"]').first.set_input_files(
                 [str(p) for p in _photos(tmp_path)])
             page.get_by_text("chelsea photo.jpg").first.wait_for(timeout=60_000)
