@@ -131,5 +131,9 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
                 time.sleep(0.5)
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-all-tokens.png"), full_page=False)
+            page.get_by_text("Token gallery", exact=True).first.click()
+            page.get_by_text("its top").first.wait_for(timeout=90_000)
+            time.sleep(1)
+            page.screenshot(path=str(ARTIFACTS / "app-gallery.png"), full_page=False)
         finally:
             browser.close()
