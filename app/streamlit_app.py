@@ -240,7 +240,7 @@ elif view == VIEWS[2]:
                      "matched to it (Hungarian matching of the maps over all images shown)")
 
 elif view == VIEWS[3]:
-    others = [m for m in model_labels if m != model_label]
+    others = sorted((m for m in model_labels if m != model_label), key=lambda m: m != DEFAULT_MODEL)
     if not others:
         st.info("Only one model is loaded: add a checkpoint to compare.")
     else:

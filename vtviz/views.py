@@ -329,8 +329,8 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
     """
     picked = range(len(result.maps.layers)) if layers is None else layers
     src = result.images[image]
-    hw = render.fit_size(src.shape[:2], size)
-    base = render.resize_image(src, hw)
+    hw = render.fit_size(src.shape[:2], size) if size and max(src.shape[:2]) > size else src.shape[:2]
+    base = render.resize_image(src, (hw[0], hw[1]))
     out = []
     for li in picked:
         la = result.maps.layers[li]
