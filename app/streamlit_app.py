@@ -171,7 +171,8 @@ if not files and familiar:
     st.caption(f"Showing {len(uploads) - 1} Imagenette val photos (ImageNet's terms: research and education; "
                "read from the dataset beside the repository, not part of vtviz) and one photo of something "
                "the model does not know (the cat: its label says 'unfamiliar photo' only if the out-of-distribution "
-               "flag catches it, which it does for about half of such photos: see the model card). Upload your own above.")
+               "flag catches it, which it does for about half of such photos: see the model card). "
+               "Upload your own above.")
 elif not files:
     st.caption("Showing the bundled sample photos (see app/samples/README.md): none is of the model's classes. "
                "Upload your own above.")
