@@ -17,9 +17,11 @@ import vtviz
 from vtviz import render, views
 from vtviz.diagnostics import diagnose
 from vtviz.errors import CheckpointError, VTVizError
+from vtviz.explain import preprocess_for
 from vtviz.export import parse_indices
+from vtviz.faithful import ClassMaps, class_maps, class_panels, class_title
 from vtviz.gallery import Gallery, GalleryOptions, gallery_of_images, load_gallery
-from vtviz.image import load_image
+from vtviz.image import load_image, prepare
 from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap
@@ -43,6 +45,15 @@ def store() -> ModelStore:
 def explain_cached(model_key: str, image_hash: str, fit: str, _upload: Upload) -> vtviz.ImageMaps:
     """Maps of one image; cached by (model, content hash, fit), never by the bytes themselves."""
     return explain_upload(store().get(model_key), _upload, fit=fit)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def class_maps_cached(model_key: str, image_hash: str, fit: str, target: int, _upload: Upload) -> ClassMaps:
+    """Class token maps and Grad-CAM of one image for one class (cached like the maps)."""
+    model = store().get(model_key)
+    result = explain_cached(model_key, image_hash, fit, _upload)  # the photo as the app shows it
+    x, _ = prepare(result.images, preprocess_for(model, fit))
+    return class_maps(model, x, target)
 
 
 def gallery_cached(model_key: str, fit: str, hashes: tuple[str, ...], layer: int,
@@ -208,10 +219,11 @@ with st.expander("Diagnostics: do the transformer and projector relate tokens?")
         for warning in d.warnings():
             st.warning(f"layer {i}: {warning}")
 
-VIEWS = ["Token grid", "All tokens", "Filter vs recurrent", "Compare models", "Token gallery", "Token details"]
+VIEWS = ["Token grid", "All tokens", "Why this class", "Filter vs recurrent", "Compare models", "Token gallery",
+         "Token details"]
 view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered
 
-if view == VIEWS[0]:
+if view == "Token grid":
     grid = views.token_grid(result, layer, tokens, kind, options, names=names, images=page_ids)
     st.image(render.encode(grid, "jpg", quality=92),  # fast to encode and send; PNG on download
              caption="rows: tokens · columns: images (top prediction above)")
@@ -224,7 +236,7 @@ if view == VIEWS[0]:
                        "vtviz-maps.npz",
                        "application/octet-stream")
 
-elif view == VIEWS[1]:
+elif view == "All tokens":
     isolate = st.selectbox("Isolate a token", [None, *tokens], key="isolate",
                            format_func=lambda t: "none: all tokens" if t is None else f"token {t}",
                            help="Keep one token bright; the others stay as thin outlines")
@@ -235,13 +247,33 @@ elif view == VIEWS[1]:
     st.caption("Each token's 50%-mass region of the tokenizer attention, in its own colour, with its "
                "number at its peak; the photo is dimmed. Compare where the same token lands across images.")
 
-elif view == VIEWS[2]:
+elif view == "Why this class":
+    image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key="why_image")
+    predicted = int(result.maps.logits[image].argmax())
+    target = st.selectbox("Class", range(len(result.classes)), index=predicted, key="why_class",
+                          format_func=lambda c: result.classes[c] + (" (predicted)" if c == predicted else ""),
+                          help="The class whose evidence is drawn (default: the model's prediction)")
+    cm = class_maps_cached(model_key, content_hash(shown[image].data), fit, target, shown[image])
+    st.image(render.encode(views.class_map_view(result.images[image], result.geometries[image],
+                                                class_panels(cm, 0), class_title(cm, 0, result.classes),
+                                                options, size=360), "jpg", quality=92))
+    st.caption("Class token map: each token's tokenizer attention weighted by its contribution to this "
+               "class's logit (gradient x token), summed, positive part. For the last layer the "
+               "contributions are exact (the logits are linear in its tokens); for layer 0 they are a "
+               "first-order estimate. Grad-CAM: the same model's last ResNet stage (the grid the tokens "
+               "attend over). How well each lands on the object is measured on Imagenette val in the model "
+               "card (`vtviz evaluate-maps`): there Grad-CAM localises better than the token maps.")
+    contrib = cm.contributions[-1][0]
+    st.dataframe([{"token": k, "contribution to the logit": round(float(contrib[k]), 3)}
+                  for k in contrib.argsort(descending=True).tolist()], height=200)
+
+elif view == "Filter vs recurrent":
     image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key="tok_image")
     st.image(views.layer_grid(result, image, tokens, kind, options, name=names[image]),
              caption="one image: rows are the first layer's tokens; each later layer shows the token "
                      "matched to it (Hungarian matching of the maps over all images shown)")
 
-elif view == VIEWS[3]:
+elif view == "Compare models":
     others = sorted((m for m in model_labels if m != model_label), key=lambda m: m != DEFAULT_MODEL)
     if not others:
         st.info("Only one model is loaded: add a checkpoint to compare.")
@@ -261,7 +293,7 @@ elif view == VIEWS[3]:
             st.download_button("Comparison (PNG)", lambda: views.png_bytes(grid), "vtviz-compare.png",
                                "image/png")
 
-elif view == VIEWS[4]:
+elif view == "Token gallery":
     folder = st.text_input("Gallery folder (made by `vtviz gallery --model M --out DIR FOLDER`)", "",
                            key="gallery_dir", help="Leave empty to use the photos shown on this page")
     token = st.selectbox("Token", tokens, key="gallery_token")

@@ -108,7 +108,8 @@ def test_upload_switch_layer_tokens_kind_model(app):
     app.run()
     assert not app.exception and app.calls["n"] == 8
     assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(1))
-    for view in ["All tokens", "Filter vs recurrent", "Compare models", "Token gallery", "Token details"]:
+    for view in ["All tokens", "Why this class", "Filter vs recurrent", "Compare models", "Token gallery",
+                 "Token details"]:
         _by_label(app.radio, "View").set_value(view)
         app.run()
         assert not app.exception and not app.error, view
@@ -118,6 +119,13 @@ def test_upload_switch_layer_tokens_kind_model(app):
             _by_label(app.selectbox, "Isolate a token").set_value(3)
             app.run()
             assert not app.exception
+        if view == "Why this class":  # class token maps beside Grad-CAM, for another class too
+            first = app.image[0].value
+            assert len(app.dataframe[-1].value) == 16  # every token's contribution
+            _by_label(app.selectbox, "Class").set_value(1 if "(predicted)" not in
+                                                        _by_label(app.selectbox, "Class").options[1] else 2)
+            app.run()
+            assert not app.exception and app.image[0].value != first
         if view == "Token gallery":  # built from the two photos shown: each token's crops and overlays
             assert len(app.image) == 2 and len(app.image[0].value) == 2 and len(app.image[1].value) == 2
     assert len(app.image) == 3  # details: one overlay per image, mixing matrix, partition

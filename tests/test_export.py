@@ -96,10 +96,14 @@ def test_export_folder_with_bad_inputs(tmp_path, checkpoint, rgb):
         assert 0 <= token["peak_xy"][0] <= w and 0 <= token["peak_xy"][1] <= h
         raw0 = np.load(out / r["raw"])["layer0_attention"][0, 3]
         assert list(np.unravel_index(raw0.argmax(), raw0.shape)) == token["peak"]
-        for rel in [token["file"], r["layers"][0]["grid"], r["layers"][1]["partition"], r["raw"]]:
+        assert "file" not in token  # per-token pictures only with --overlays
+        for rel in [r["layers"][0]["grid"], r["layers"][1]["constellation"], r["raw"]]:
             assert (out / rel).is_file()
+        assert "partition" not in r["layers"][0]  # with --overlays
+        assert len(list((out / r["output_dir"]).rglob("*.jpg"))) == 4  # 2 layers x grid, constellation
         w, h = r["size"]
-        assert Image.open(out / token["file"]).size == (w, h)  # drawn on the original geometry
+        cw, ch = Image.open(out / r["layers"][0]["constellation"]).size
+        assert cw >= w and ch >= h  # the photo at its own size (never enlarged), with a legend
         raw = np.load(out / r["raw"])
         assert raw["layer0_attention"].shape == (1, 16, 4, 4)
         np.testing.assert_allclose(raw["layer0_attention"].sum((-2, -1)), 1, atol=1e-5)
@@ -115,13 +119,14 @@ def test_export_options(tmp_path, checkpoint):
     out = tmp_path / "out"
     assert cli(["export", "--model", checkpoint, "--out", str(out), *map(str, src), "--layers", "1",
                 "--tokens", "0-2,5", "--format", "jpg", "--size", "48", "--no-raw", "--workers", "0",
-                "--quiet", "--colormap", "viridis", "--contour", "0.5"]) == 0
+                "--quiet", "--colormap", "viridis", "--contour", "0.5", "--overlays"]) == 0
     (rec,), _ = load_manifest(out)
     assert [la["layer"] for la in rec["layers"]] == [1]
     assert [t["token"] for t in rec["layers"][0]["tokens"]] == [0, 1, 2, 5]
     assert "raw" not in rec
     img = Image.open(out / rec["layers"][0]["tokens"][0]["file"])
     assert img.format == "JPEG" and max(img.size) == 48
+    assert (out / rec["layers"][0]["partition"]).is_file()  # --overlays: every picture
     raw_out = tmp_path / "raw"
     assert cli(["export", "--model", checkpoint, "--out", str(raw_out), *map(str, src), "--raw-only",
                 "--workers", "0", "--quiet"]) == 0
@@ -280,3 +285,25 @@ def test_resume_redoes_changed_photos_and_changed_options(tmp_path, checkpoint):
     assert subprocess.run(cmd + ["--alpha", "0.3"], env=ENV, timeout=300).returncode == 0  # other options
     _, summary = load_manifest(out)
     assert summary["exported"] == 3 and summary["skipped"] == 0
+
+
+def test_non_finite_output_is_strict_json(tmp_path, checkpoint):
+    """A model whose output is NaN: the manifest stays valid JSON (null, not bare NaN) and says so."""
+    import torch
+
+    from vtviz import load_model
+    from vtviz.export import ExportOptions, export
+
+    model = load_model(checkpoint, device="cpu")
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    src = _photos(tmp_path / "in", 1)
+    export(model, src, tmp_path / "out", ExportOptions(images=False), workers=0, progress=False)
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"bare {name} in the manifest")
+
+    lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0], parse_constant=refuse)
+    assert rec["status"] == "ok" and "NaN" in rec["warning"]
+    assert all(t["p"] is None for t in rec["top5"])

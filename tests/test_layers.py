@@ -13,8 +13,8 @@ LAYERS = {
     "errors": 0, "model": 0, "meta": 0, "runtime": 0,
     "ood": 0, "image": 1, "checkpoint": 1, "maps": 1, "data": 1,
     "diagnostics": 2, "render": 2, "views": 2,
-    "explain": 3, "gallery": 3, "session": 3, "evaluate": 3, "export": 3, "teacher": 3,
-    "analysis": 4, "train": 4, "cli": 5, "__init__": 5, "__main__": 5,
+    "explain": 3, "gallery": 3, "session": 3, "evaluate": 3, "export": 3, "teacher": 3, "faithful": 3,
+    "analysis": 4, "train": 4, "mapeval": 4, "cli": 5, "__init__": 5, "__main__": 5,
 }
 
 

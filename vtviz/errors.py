@@ -1,6 +1,10 @@
-"""Exceptions raised by vtviz: each names the file or object and the reason."""
+"""Exceptions raised by vtviz (each names the file or object and the reason), and strict JSON."""
 
 from __future__ import annotations
+
+import json
+import math
+from typing import Any
 
 
 class VTVizError(Exception):
@@ -18,3 +22,20 @@ class ImageError(VTVizError, ValueError):
 
 class CheckpointError(VTVizError, ValueError):
     """A file is not a usable vtviz checkpoint (missing, unsafe, wrong shapes, no metadata)."""
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (also inside dicts, lists, tuples) made ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """Strict JSON of ``value`` (``json.dumps`` keyword arguments): a non-finite number, which
+    ``json.dumps`` would write as the invalid bare ``NaN``/``Infinity``, becomes ``null``."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)

@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import render, views
 from .checkpoint import model_meta
 from .diagnostics import image_diagnostics
-from .errors import ImageError
+from .errors import ImageError, json_text
 from .explain import ood_scores, preprocess_for, token_maps
+from .faithful import class_maps, class_panels, class_title
 from .image import Geometry, Inputs, fit_image, load_image, scan_inputs, to_tensor
 from .maps import ImageMaps, Scale, TokenMaps, token_table
 from .meta import Fit, Preprocess
@@ -42,26 +44,31 @@ from .render import Colormap
 MANIFEST = "manifest.jsonl"
 PARTS = ".manifest-parts"
 TMP_SUFFIX = ".vtviz-tmp"
-GRID_CELL = 256  # longer side of a grid cell, px
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     """What to write for each image.
 
-    layers/tokens: indices to export (None = all); colormap, alpha, contour (mass level or
-    None): overlay look (see :attr:`render`); size: longer side of the pictures in pixels (None = original);
-    fmt: png, jpg or webp; images: write pictures; raw: write ``maps.npz``;
-    fit: override the model's preprocessing fit (e.g. letterbox).
+    layers/tokens: indices to export (None = all); overlays: also one picture per token and
+    layer, and the partition (default: per layer the token grid and the all-tokens view);
+    class_maps: also "why this class" for the predicted class, the class token map of each
+    layer beside Grad-CAM (:mod:`vtviz.faithful`; a backward pass per batch, ~3x the forward);
+    colormap, alpha, contour (mass level or None): overlay look (see :attr:`render`); size:
+    longer side of the pictures in pixels (None = original); fmt: jpg (default), png or webp;
+    images: write pictures; raw: write ``maps.npz``; fit: override the model's preprocessing
+    fit (e.g. letterbox).
     """
 
     layers: tuple[int, ...] | None = None
     tokens: tuple[int, ...] | None = None
+    overlays: bool = False
+    class_maps: bool = False
     colormap: Colormap = Colormap.TURBO
     alpha: float = views.RenderOptions.alpha
     contour: float | None = views.RenderOptions.contour
     size: int | None = 1600  # pictures' longer side; None: the photo's own (memory grows with it)
-    fmt: str = "png"
+    fmt: str = "jpg"  # photos with overlays: JPEG (quality 90) encodes ~10x faster than PNG
     images: bool = True
     raw: bool = True
     fit: Fit | None = None
@@ -168,6 +175,8 @@ def record_outputs(record: dict[str, Any]) -> list[str]:
     for layer in record.get("layers", []):
         paths += [t["file"] for t in layer.get("tokens", []) if t.get("file")]
         paths += [layer[k] for k in ("grid", "partition", "constellation") if layer.get(k)]
+    if record.get("class_maps"):
+        paths.append(record["class_maps"]["file"])
     return paths
 
 
@@ -181,8 +190,8 @@ def merge_manifest(out_dir: Path, order: Sequence[str], summary: ExportSummary) 
     summary.ok = sum(r.get("status") == "ok" for r in ordered)
     summary.failures = [{"source": r["source"], "error": r.get("error", "")}
                         for r in ordered if r.get("status") == "error"]
-    lines = [json.dumps(r, ensure_ascii=False) for r in ordered]
-    lines.append(json.dumps({"summary": asdict(summary)}, ensure_ascii=False))
+    lines = [json_text(r, ensure_ascii=False) for r in ordered]
+    lines.append(json_text({"summary": asdict(summary)}, ensure_ascii=False))
     atomic_write(out_dir / MANIFEST, ("\n".join(lines) + "\n").encode("utf-8"))
     parts = out_dir / PARTS
     if parts.exists():
@@ -282,9 +291,11 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
                 out_dir: Path, ood: dict[str, Any] | None = None, model_name: str = "",
-                fingerprint: str = "") -> dict[str, Any]:
+                fingerprint: str = "", why: tuple[str, list[tuple[str, torch.Tensor]]] | None = None
+                ) -> dict[str, Any]:
     """Draw (through :func:`vtviz.views.image_pictures`), encode and write all outputs of one
-    image whose maps are ``maps`` (batch of one); returns its manifest record."""
+    image whose maps are ``maps`` (batch of one); ``why``: the title and panels of its class
+    maps (:func:`vtviz.faithful.class_panels`). Returns its manifest record."""
     assert item.image is not None and item.geometry is not None
     folder = safe_name(item.path)
     one = ImageMaps([item.image], [item.geometry], maps, tuple(classes),
@@ -299,10 +310,13 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
         "ood": ood,  # out-of-distribution score and flag (None: the model has none)
         "layers": [],
     }
+    if not torch.isfinite(maps.logits).all():
+        record["warning"] = "the model's output holds NaN or infinite values (written as null)"
     record["diagnostics"] = image_diagnostics(maps)[0]
     table = token_table(maps, [item.geometry], layers)
     pictures = {p.layer: p for p in views.image_pictures(
-        one, 0, layers, opts.tokens, opts.render, opts.size, title=item.path.name)} if opts.images else {}
+        one, 0, layers, opts.tokens, opts.render, opts.size, title=item.path.name,
+        full_overlays=opts.overlays, partition=opts.overlays)} if opts.images else {}
     for i in layers:
         la = maps.layers[i]
         wanted = range(la.num_tokens) if opts.tokens is None else opts.tokens
@@ -312,7 +326,7 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
         pics = pictures.get(i)
         if pics is not None:
             sub = f"{folder}/layer{i}-{la.kind}"
-            for rec, img in zip(entry["tokens"], pics.overlays):
+            for rec, img in zip(entry["tokens"], pics.overlays if opts.overlays else ()):
                 rec["file"] = f"{sub}/token{rec['token']:02d}.{opts.fmt}"
                 atomic_write(out_dir / rec["file"], render.encode(img, opts.fmt))
             for key, picture in (("grid", pics.grid), ("partition", pics.partition),
@@ -322,6 +336,13 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
                     atomic_write(out_dir / entry[key], render.encode(picture, opts.fmt))
             entry["partition_by"] = "attention"
         record["layers"].append(entry)
+    if why is not None and opts.images:
+        title, panels = why
+        record["class_maps"] = {"file": f"{folder}/class-maps.{opts.fmt}", "title": title,
+                                "panels": [label for label, _ in panels]}
+        picture = views.class_map_view(item.image, item.geometry, panels, title, opts.render,
+                                       size=min(opts.size or 480, 480))
+        atomic_write(out_dir / record["class_maps"]["file"], render.encode(picture, opts.fmt))
     if opts.raw:
         record["raw"] = f"{folder}/maps.npz"
         arrays = views.raw_arrays(one, names=[item.path.name], model=model_name)
@@ -395,11 +416,11 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
     with open(part, "a", encoding="utf-8") as manifest, ThreadPoolExecutor(writers) as pool:
         pending: deque[Future] = deque()
         for path, status, reason in (notes if rank == 0 else ()):
-            manifest.write(json.dumps({"source": str(path), "status": status, "error": reason},
+            manifest.write(json_text({"source": str(path), "status": status, "error": reason},
                                       ensure_ascii=False) + "\n")
 
         def write_record(rec: dict[str, Any]) -> None:
-            manifest.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            manifest.write(json_text(rec, ensure_ascii=False) + "\n")
             manifest.flush()
             if rec["status"] == "ok":
                 summary.exported += 1
@@ -417,12 +438,14 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 return
             x = to_tensor([b.fitted for b in batch], pre)  # type: ignore[misc]
             maps = token_maps(model, x).cpu()
+            cm = class_maps(model, x) if options.class_maps and options.images else None
             scores, threshold = ood_scores(model, maps)
             for j, item in enumerate(batch):
                 ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
+                why = None if cm is None else (class_title(cm, j, meta.classes), class_panels(cm, j))
                 pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out, ood,
-                                           summary.model, fingerprint))
+                                           summary.model, fingerprint, why))
             batch.clear()
             drain(2 * writers)
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import render
 from .checkpoint import model_meta
-from .errors import ImageError
+from .errors import ImageError, json_text
 from .explain import preprocess_for, token_maps
 from .export import atomic_write
 from .image import load_image, maps_to_original, prepare
@@ -246,7 +246,7 @@ def _save_part(part: Path, builders: dict[int, GalleryBuilder], done: int, faile
                 rows.append({"source": it.source, "score": it.score, "peak_xy": list(it.peak_xy), "file": rel})
             tokens.append(rows)
         layers.append({"layer": li, "kind": _kinds(model)[li], "tokens": tokens})
-    atomic_write(part / "part.json", json.dumps({"done": done, "failed": failed, "layers": layers}).encode())
+    atomic_write(part / "part.json", json_text({"done": done, "failed": failed, "layers": layers}).encode())
 
 
 def _load_part(part: Path, options: GalleryOptions) -> tuple[dict[int, GalleryBuilder], int, list[dict[str, str]]]:
@@ -294,7 +294,7 @@ def _merge(out: Path, options: GalleryOptions, model: VTResNet, model_name: str,
     index = {"model": model_name or model_meta(model).name, "images": inputs, "k": options.k,
              "score": "peak value of the token's attention map (share of its attention on its peak cell)",
              "failed": failed, "layers": layers}
-    atomic_write(out / INDEX, json.dumps(index, indent=1, ensure_ascii=False).encode("utf-8"))
+    atomic_write(out / INDEX, json_text(index, indent=1, ensure_ascii=False).encode("utf-8"))
     atomic_write(out / "index.html", _index_html(index).encode("utf-8"))
     shutil.rmtree(out / PARTS, ignore_errors=True)
     return index

@@ -509,7 +509,11 @@ class VTResNet(nn.Module):
             raise ValueError(f"expected an image batch [B, 3, H, W], got {list(x.shape)}")
         if x.shape[-1] < 32 or x.shape[-2] < 32:
             raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]} is too small (min 32 px)")
-        fmap = self.stem(x)
+        return self.explain_features(self.stem(x), ablation)
+
+    def explain_features(self, fmap: Tensor, ablation: Ablation = NO_ABLATION) -> VTOutput:
+        """:meth:`explain` from the last ResNet stage's feature map ``[B, C, h, w]`` on (e.g. to
+        take gradients with respect to it, as Grad-CAM does)."""
         b, c, h, w = fmap.shape
         feats = fmap.flatten(2).transpose(1, 2)  # [B, HW, C]
         tokens: Tensor | None = None

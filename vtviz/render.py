@@ -63,17 +63,19 @@ def constellation(image: np.ndarray, maps: np.ndarray, labels: Sequence[str], ma
     ``labels[k]`` written at its peak. ``faint[k]`` draws a map as a thin outline only (to
     isolate the others). Returns RGB uint8 ``[H, W, 3]``.
     """
-    out = np.asarray(image).astype(np.float32)
-    regions = [mass_region(m, mass) for m in maps]
+    maps = np.asarray(maps)
+    regions = (maps >= mass_thresholds(maps, mass)[:, None, None]).view(np.uint8)  # [L, H, W] 0/1
+    out = np.asarray(image).astype(np.float32).reshape(-1, 3)
     for k, region in enumerate(regions):
         if faint is None or not faint[k]:
-            out[region] = out[region] * (1 - fill) + palette[k % len(palette)].astype(np.float32) * fill
-    canvas = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            idx = np.flatnonzero(region)  # the regions are small: index them, not the whole photo
+            out[idx] = out[idx] * (1 - fill) + palette[k % len(palette)].astype(np.float32) * fill
+    canvas = np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(np.shape(image))
     thick = max(1, round(min(canvas.shape[:2]) / 200))
     for k, region in enumerate(regions):
         color = tuple(int(c) for c in palette[k % len(palette)])
         weak = faint is not None and faint[k]
-        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         if not weak:
             cv2.drawContours(canvas, contours, -1, (0, 0, 0), thick + 2, lineType=cv2.LINE_AA)
         cv2.drawContours(canvas, contours, -1, color, 1 if weak else thick, lineType=cv2.LINE_AA)
@@ -160,19 +162,39 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
     else:
         unit = scale_map(raw, vmin, vmax)
     level = np.rint(unit * 255).astype(np.uint8)  # unit is already in [0, 1]
-    color = colormap_lut(colormap)[level].astype(np.uint16)
-    # Integer blend (2x faster than float): weights in 0..255, out = img + (color - img) * a.
-    a = (255 * alpha * unit ** gamma if weighted else np.full(level.shape, 255 * alpha, np.float32))
+    stack_levels = level.reshape((-1,) + level.shape[-2:])
+    color = _lookup_colors(colormap, stack_levels)  # [N, H, W, 3]
+    # opacity per level (no float power per pixel), then OpenCV's blend (SIMD, no GIL held)
+    a = _alpha_lut(alpha, gamma if weighted else 0.0)[stack_levels]
     if mask is not None:
         a = a * np.asarray(mask, np.float32)
-    a16 = np.rint(a).astype(np.uint16)[..., None]
-    out = ((img.astype(np.uint16) * (255 - a16) + color * a16 + 127) // 255).astype(np.uint8)
-    for o, r in (zip(out, raw) if out.ndim == 4 else [(out, raw)]):
-        if contour is not None:
-            draw_mass_contour(o, r, contour, thickness=max(1, round(min(o.shape[:2]) / 150)))
+    out = np.empty(color.shape, np.uint8)
+    for k in range(len(out)):
+        out[k] = cv2.blendLinear(color[k], img, a[k], 1 - a[k])
+    out = out.reshape(level.shape + (3,))
+    stack = raw if raw.ndim == 3 else raw[None]
+    levels = mass_thresholds(stack, contour) if contour is not None else None
+    for i, (o, r) in enumerate(zip(out if out.ndim == 4 else out[None], stack)):
+        if levels is not None:
+            draw_outline(o, r >= levels[i], thickness=max(1, round(min(o.shape[:2]) / 150)))
         if marker:
             draw_peak_marker(o, r)
     return out
+
+
+def _lookup_colors(colormap: Colormap | str, level: np.ndarray) -> np.ndarray:
+    """Colours ``[N, H, W, 3]`` uint8 of levels ``[N, H, W]`` uint8 (OpenCV's LUT: ~8x faster than indexing)."""
+    n, h, w = level.shape
+    rows = np.ascontiguousarray(level).reshape(n * h, w)
+    return cv2.LUT(cv2.merge([rows, rows, rows]), colormap_lut(colormap)[None]).reshape(n, h, w, 3)
+
+
+@lru_cache(maxsize=64)
+def _alpha_lut(alpha: float, gamma: float) -> np.ndarray:
+    """Opacity (0..1) of each of the 256 colour levels: ``alpha * (level/255)**gamma``."""
+    lut = (alpha * np.linspace(0, 1, 256) ** gamma).astype(np.float32)
+    lut.setflags(write=False)
+    return lut
 
 
 def draw_peak_marker(image: np.ndarray, map2d: np.ndarray, color: tuple[int, int, int] = (255, 255, 255),
@@ -204,12 +226,30 @@ def draw_label(image: np.ndarray, text: str, xy: tuple[int, int], color: tuple[i
 
 def mass_threshold(map2d: np.ndarray, mass: float) -> float:
     """Value t such that the pixels with value >= t hold ``mass`` of the map's total."""
-    v = np.sort(np.clip(np.asarray(map2d, np.float64).ravel(), 0, None))[::-1]
-    total = v.sum()
-    if total <= 0:
-        return float("inf")
-    k = int(np.searchsorted(np.cumsum(v), mass * total))
-    return float(v[min(k, v.size - 1)])
+    return float(mass_thresholds(np.asarray(map2d)[None], mass)[0])
+
+
+def mass_thresholds(maps: np.ndarray, mass: float, bins: int = 4096) -> np.ndarray:
+    """:func:`mass_threshold` of each of ``maps`` ``[N, H, W]`` at once -> ``[N]`` (inf for an all-zero map).
+
+    A histogram of ``bins`` levels between 0 and each map's maximum replaces the sort, and maps
+    over 128 pixels a side are sampled on a regular sub-grid of about that size (they are smooth
+    upsamplings of a token grid): the region above the threshold holds ``mass`` within ~1.5%.
+    """
+    maps = np.asarray(maps)
+    step = -(-max(maps.shape[-2:]) // 128)
+    v = np.clip(np.asarray(maps[:, ::step, ::step], np.float32).reshape(len(maps), -1), 0, None)
+    top = v.max(axis=1)
+    scale = np.where(top > 0, (bins - 1) / np.maximum(top, 1e-30), 0).astype(np.float32)
+    q = (v * scale[:, None]).astype(np.int64) + (np.arange(len(v)) * bins)[:, None]
+    hist = np.bincount(q.ravel(), weights=v.ravel(), minlength=len(v) * bins).reshape(len(v), bins)
+    from_top = np.cumsum(hist[:, ::-1], axis=1)  # mass at or above each level, highest first
+    total = from_top[:, -1]
+    k = np.minimum((from_top < (mass * total)[:, None]).sum(1), bins - 1)  # levels needed, minus one
+    level = bins - 1 - k
+    t = level.astype(np.float64) / np.where(scale > 0, scale, 1)
+    t[total <= 0] = np.inf
+    return t
 
 
 def mass_region(map2d: np.ndarray, mass: float = 0.5) -> np.ndarray:
@@ -265,8 +305,14 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def text_strip(text: str, width: int, height: int = 18, size: int = 12,
                background: tuple[int, int, int] = (255, 255, 255), align: str = "left") -> np.ndarray:
     """A label as an RGB strip ``[height, width, 3]`` (text cut to fit; left/center/right)."""
+    return _text_strip(text, max(width, 1), height, size, tuple(background), align).copy()
+
+
+@lru_cache(maxsize=4096)  # labels repeat ("token 3", legends, colour-bar ends): draw each once
+def _text_strip(text: str, width: int, height: int, size: int, background: tuple[int, int, int],
+                align: str) -> np.ndarray:
     text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)  # one line: no newlines
-    img = Image.new("RGB", (max(width, 1), height), background)
+    img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
     font = _font(size)
     while text and draw.textlength(text, font=font) > width - 4 and len(text) > 1:
@@ -274,7 +320,9 @@ def text_strip(text: str, width: int, height: int = 18, size: int = 12,
     free = width - 4 - draw.textlength(text, font=font)
     x = 2 + {"left": 0.0, "center": free / 2, "right": free}[align]
     draw.text((x, (height - size) // 2 - 1), text, fill=(20, 20, 20), font=font)
-    return np.asarray(img)
+    out = np.asarray(img)
+    out.setflags(write=False)
+    return out
 
 
 def legend(labels: Sequence[str], palette: np.ndarray = PALETTE, columns: int = 4,

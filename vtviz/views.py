@@ -299,13 +299,32 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     return render.stack_vertical([title, pic, leg])
 
 
+def class_map_view(image: np.ndarray, geometry: Geometry, panels: Sequence[tuple[str, Tensor]], title: str,
+                   options: RenderOptions = RenderOptions(), size: int = 320) -> np.ndarray:
+    """"Why this class" for one photo: each of ``panels`` (label, class map ``[h, w]``, e.g. the
+    class token map of each layer and Grad-CAM) drawn over the photo on its own range (its
+    positive part from 0 to its max), side by side under ``title``, with the colour bar. RGB uint8."""
+    hw = render.fit_size(image.shape[:2], size)
+    base = render.resize_image(image, hw)
+    cells = []
+    for label, m in panels:
+        m = m.float().clamp(min=0)
+        unit = m / m.max().clamp(min=1e-12)
+        cells.append(render.labelled(_draw(base, unit[None], geometry, options)[0], label))
+    footer = render.colorbar(options.colormap, 0.0, 1.0, min(360, len(cells) * hw[1]),
+                             label="class evidence: each map from 0 to its max (positive part only)",
+                             alpha=options.alpha, gamma=options.gamma, dim=options.dim)
+    return render.tile(cells, columns=len(cells), title=title, footer=footer)
+
+
 # --------------------------------------------------------------------------- one image, all outputs
 @dataclass(frozen=True)
 class LayerPictures:
     """Every picture of one layer of one image (what ``vtviz export`` writes and the app zips).
 
     overlays: ``[T, H, W, 3]`` one overlay per token over the original image (longer side
-    capped by the caller's ``size``); grid: the tokens tiled with labels and a colour bar;
+    capped by the caller's ``size``; at the grid's cell size when drawn only for the grid);
+    grid: the tokens tiled with labels and a colour bar;
     partition: each pixel coloured by its owning token, with a legend; constellation: all
     tokens at once (:func:`constellation_view`).
     """
@@ -321,16 +340,22 @@ class LayerPictures:
 
 def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None = None,
                    tokens: Sequence[int] | None = None, options: RenderOptions = RenderOptions(),
-                   size: int | None = None, title: str = "", sheets: bool = True) -> list[LayerPictures]:
+                   size: int | None = None, title: str = "", sheets: bool = True,
+                   full_overlays: bool = True, partition: bool = True) -> list[LayerPictures]:
     """Token overlays, grid and partition of one image for each layer, from one drawing path.
 
     ``size`` caps the longer side of the pictures (None: the original size); ``sheets``
-    False skips the grid and partition (overlays only, e.g. for a ZIP of overlays).
+    False skips the grid and partition (overlays only, e.g. for a ZIP of overlays);
+    ``full_overlays`` False draws the token overlays at the grid's cell size only (the grid
+    looks the same; the per-token pictures are not wanted at full size, e.g. by the exporter's
+    default outputs), which is most of the drawing time saved; ``partition`` False skips the
+    partition picture.
     """
     picked = range(len(result.maps.layers)) if layers is None else layers
     src = result.images[image]
     hw = render.fit_size(src.shape[:2], size) if size and max(src.shape[:2]) > size else src.shape[:2]
-    base = render.resize_image(src, (hw[0], hw[1]))
+    draw_hw = hw if full_overlays or not sheets else render.fit_size(hw, min(SHEET_CELL, max(hw)))
+    base = render.resize_image(src, (draw_hw[0], draw_hw[1]))
     out = []
     for li in picked:
         la = result.maps.layers[li]
@@ -340,14 +365,17 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
         grid = part = stars = None
         if sheets:
             grid = token_sheet(drawn, toks, f"{title} · {layer_label(li, la)}", options)
-            part = partition_view(result, image, li, size=max(hw))
+            part = partition_view(result, image, li, size=max(hw)) if partition else None
             stars = constellation_view(result, image, li, toks, size=max(hw), options=options)
         out.append(LayerPictures(li, la.kind, toks, drawn, grid, part, stars))
     return out
 
 
+SHEET_CELL = 256  # longer side of a token-sheet cell, px
+
+
 def token_sheet(overlays: np.ndarray, tokens: Sequence[int], title: str,
-                options: RenderOptions, cell: int = 256, columns: int = 4) -> np.ndarray:
+                options: RenderOptions, cell: int = SHEET_CELL, columns: int = 4) -> np.ndarray:
     """Overlays ``[T, H, W, 3]`` of one image tiled ``columns`` per row, labelled, with a colour bar."""
     cell_size = render.fit_size(overlays.shape[1:3], min(cell, max(overlays.shape[1:3])))
     cells = [render.labelled(render.resize_image(img, cell_size), f"token {t}")
