@@ -253,6 +253,9 @@ elif view == "Why this class":
     target = st.selectbox("Class", range(len(result.classes)), index=predicted, key="why_class",
                           format_func=lambda c: result.classes[c] + (" (predicted)" if c == predicted else ""),
                           help="The class whose evidence is drawn (default: the model's prediction)")
+    if (result.unfamiliar() or [False] * n_images)[image]:
+        st.warning("This photo is unlike the training photos (out-of-distribution flag): the evidence "
+                   "below explains a prediction that probably means nothing.")
     cm = class_maps_cached(model_key, content_hash(shown[image].data), fit, target, shown[image])
     st.image(render.encode(views.class_map_view(result.images[image], result.geometries[image],
                                                 class_panels(cm, 0), class_title(cm, 0, result.classes),

@@ -131,6 +131,12 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
                 time.sleep(0.5)
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-all-tokens.png"), full_page=False)
+            page.get_by_text("Why this class", exact=True).first.click()
+            page.get_by_text("Class token map: each token").first.wait_for(timeout=90_000)
+            src, why = _grid_image(page)
+            assert why.shape[1] > 3 * 300 and why.std() > 10  # three panels of the photo
+            time.sleep(1)
+            page.screenshot(path=str(ARTIFACTS / "app-why.png"), full_page=False)
             page.get_by_text("Token gallery", exact=True).first.click()
             page.get_by_text("its top").first.wait_for(timeout=90_000)
             time.sleep(1)

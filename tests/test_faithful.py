@@ -180,6 +180,7 @@ def test_evaluate_maps_command(tmp_path, folder_and_model):
         assert 0 <= stat["lo"] <= stat["mean"] <= stat["hi"] <= 1
     assert summary["randomisation"]["head"]["tokenizer attention, layer 0"]["mean"] == 1.0
     assert summary["paste"]["layer 0"]["best_token_share"]["n"] == 4
+    assert summary["paste"]["layer 0"]["best_token_share_without_object"]["n"] == 4
     table = (out / "results.md").read_text()
     assert "| Grad-CAM |" in table and "Model randomisation" in table and "Pasted object" in table
     lines = sum(len(p.read_text().splitlines()) for p in (out / "parts").glob("*.jsonl"))

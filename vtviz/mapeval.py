@@ -266,7 +266,7 @@ def _paste(model: VTResNet, data: _Data, idx: Sequence[int]) -> list[dict[str, A
     out = []
     for i in idx:
         label, obj = _paste_object(data, data.labels[i])
-        imgs, regions = [], []
+        imgs, regions = [data.images[i]] * 4, []  # the host alone first: what lands there by chance
         for y, x0 in corners:
             img = data.images[i].copy()
             img[y:y + q, x0:x0 + q] = obj
@@ -275,21 +275,23 @@ def _paste(model: VTResNet, data: _Data, idx: Sequence[int]) -> list[dict[str, A
             r[y:y + q, x0:x0 + q] = 1
             regions.append(r)
         x = to_tensor(imgs, data.pre)
-        region = torch.stack(regions)  # [4, S, S]
+        region = torch.stack(regions * 2)  # [8, S, S]: host alone at the 4 places, then pasted
         maps = token_maps(model, x)
         cm = class_maps(model, x, label)
         rec: dict[str, Any] = {"file": data.files[i], "object_class": data.classes[label], "area": q * q / s / s,
                                "layers": {}}
         for li, la in enumerate(maps.layers):
             up = F.interpolate(la.attention.float().cpu(), size=(s, s), mode="bilinear", align_corners=False)
-            share = (up * region[:, None]).sum((-2, -1)) / up.sum((-2, -1)).clamp(min=1e-12)  # [4, L]
-            best = share.argmax(1)
+            share = (up * region[:, None]).sum((-2, -1)) / up.sum((-2, -1)).clamp(min=1e-12)  # [8, L]
+            best = share[4:].argmax(1)
             cmap = F.interpolate(cm.token_maps[li][:, None], size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+            cshare = (cmap * region).sum((-2, -1)) / cmap.sum((-2, -1)).clamp(min=1e-12)
             rec["layers"][f"layer {li}"] = {
-                "best_token": best.tolist(), "best_share": [round(float(v), 5) for v in share.max(1).values],
+                "best_token": best.tolist(), "best_share": [round(float(v), 5) for v in share[4:].max(1).values],
+                "best_share_without": [round(float(v), 5) for v in share[:4].max(1).values],
                 "same_token_everywhere": bool((best == best[0]).all()),
-                "class_map_share": [round(float(v), 5) for v in
-                                    (cmap * region).sum((-2, -1)) / cmap.sum((-2, -1)).clamp(min=1e-12)],
+                "class_map_share": [round(float(v), 5) for v in cshare[4:]],
+                "class_map_share_without": [round(float(v), 5) for v in cshare[:4]],
             }
         out.append(rec)
     return out
@@ -435,8 +437,10 @@ def summarise(records: Sequence[dict[str, Any]], settings: dict[str, Any], data:
             ls = [p["layers"][layer] for p in pastes]
             out["paste"][layer] = {
                 "best_token_share": _ci([float(np.mean(x["best_share"])) for x in ls]),
+                "best_token_share_without_object": _ci([float(np.mean(x["best_share_without"])) for x in ls]),
                 "same_token_at_all_4_places": _ci([float(x["same_token_everywhere"]) for x in ls]),
                 "class_map_share": _ci([float(np.mean(x["class_map_share"])) for x in ls]),
+                "class_map_share_without_object": _ci([float(np.mean(x["class_map_share_without"])) for x in ls]),
             }
     return out
 
@@ -471,10 +475,12 @@ def markdown(summary: dict[str, Any]) -> str:
     if "paste" in summary:
         p = summary["paste"]
         lines += ["", f"## Pasted object (area {p['area']:.4f} of the photo, four places per photo)", "",
-                  "| layer | best token's share on the object | same best token at all 4 places | "
-                  "object class's token map on the object |", "|---|---|---|---|"]
-        lines += [f"| {k} | {_cell(v['best_token_share'])} | {_cell(v['same_token_at_all_4_places'])} | "
-                  f"{_cell(v['class_map_share'])} |" for k, v in p.items() if k != "area"]
+                  "Without: the same places on the photo without the object (what lands there by chance).", "",
+                  "| layer | best token's share on the object | without | same best token at all 4 places | "
+                  "object class's token map on the object | without |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {_cell(v['best_token_share'])} | {_cell(v['best_token_share_without_object'])} | "
+                  f"{_cell(v['same_token_at_all_4_places'])} | {_cell(v['class_map_share'])} | "
+                  f"{_cell(v['class_map_share_without_object'])} |" for k, v in p.items() if k != "area"]
     return "\n".join(lines) + "\n"
 
 
