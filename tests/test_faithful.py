@@ -38,6 +38,7 @@ def test_pointing_game_known_maps():
     signed = -torch.ones(1, 8, 8)
     signed[0, :4, :4] = 1
     assert float(fa.pointing_scores(signed, torch.tensor([0]))) == 1.0
+    assert torch.isnan(fa.pointing_scores(-torch.ones(1, 8, 8), torch.tensor([0]))).all()  # points nowhere
 
 
 def test_object_bound_tokens():
@@ -175,7 +176,7 @@ def test_evaluate_maps_command(tmp_path, folder_and_model):
     summary = json.loads((out / "results.json").read_text())
     assert summary["images"] == 8 and summary["mosaics"] >= 2
     assert set(summary["pointing"]) == {"token map, layer 0", "token map, layer 1", "Grad-CAM", "centre prior"}
-    assert summary["pointing"]["centre prior"]["mean"] == 0.25
+    assert summary["pointing"]["centre prior"]["mean"] == 0.25 and summary["empty_class_maps"]["centre prior"] == 0
     for stat in summary["pointing"].values():
         assert 0 <= stat["lo"] <= stat["mean"] <= stat["hi"] <= 1
     assert summary["randomisation"]["head"]["tokenizer attention, layer 0"]["mean"] == 1.0

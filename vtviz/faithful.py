@@ -42,8 +42,9 @@ class ClassMaps:
     logits ``[B, K]``; attention: per VT layer the tokenizer attention ``[B, L, h, w]``;
     tokens: per layer the output tokens ``[B, L, C]``; contributions: per layer ``a_k(c)``
     ``[B, L]`` (gradient x token; exact for the last layer); token_maps: per layer
-    ``relu(sum_k a_k A_k)`` ``[B, h, w]``; gradcam ``[B, h, w]``.
-    All float32 on the CPU.
+    ``relu(sum_k a_k A_k)`` ``[B, h, w]``; gradcam ``[B, h, w]``; signed_token_maps and
+    signed_gradcam: the same before the positive part (never empty; what the randomisation
+    check compares). All float32 on the CPU.
     """
 
     target: Tensor
@@ -53,6 +54,8 @@ class ClassMaps:
     contributions: tuple[Tensor, ...]
     token_maps: tuple[Tensor, ...]
     gradcam: Tensor
+    signed_token_maps: tuple[Tensor, ...] = ()
+    signed_gradcam: Tensor | None = None
 
 
 def _targets(logits: Tensor, target: int | Sequence[int] | Tensor | None) -> Tensor:
@@ -79,17 +82,17 @@ def class_maps(model: nn.Module, batch: Tensor, target: int | Sequence[int] | Te
         grads = torch.autograd.grad(picked, [fmap, *tokens])
     g_fmap, g_tokens = grads[0], grads[1:]
     h, w = out.map_size
-    cam = F.relu((g_fmap.mean((2, 3), keepdim=True) * fmap.detach()).sum(1))
-    attention, contributions, token_maps = [], [], []
+    cam = (g_fmap.mean((2, 3), keepdim=True) * fmap.detach()).sum(1).detach().float().cpu()
+    attention, contributions, signed = [], [], []
     for layer, tok, g in zip(out.layers, tokens, g_tokens):
         a = (g * tok.detach()).sum(-1).float()  # [B, L]
         att = layer.attention.detach().float().view(a.shape[0], a.shape[1], h, w)
         attention.append(att.cpu())
         contributions.append(a.cpu())
-        token_maps.append(F.relu(torch.einsum("bl,blhw->bhw", a, att)).cpu())
+        signed.append(torch.einsum("bl,blhw->bhw", a, att).cpu())
     return ClassMaps(tgt.cpu(), out.logits.detach().float().cpu(), tuple(attention),
                      tuple(t.detach().float().cpu() for t in tokens), tuple(contributions),
-                     tuple(token_maps), cam.detach().float().cpu())
+                     tuple(F.relu(m) for m in signed), F.relu(cam), tuple(signed), cam)
 
 
 def class_panels(cm: ClassMaps, image: int) -> list[tuple[str, Tensor]]:
@@ -111,14 +114,16 @@ def class_title(cm: ClassMaps, image: int, classes: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- pointing game
 def quadrant_shares(maps: Tensor) -> Tensor:
     """Share of each map's positive mass in its four quadrants: ``[B, h, w]`` -> ``[B, 4]``
-    (top-left, top-right, bottom-left, bottom-right; 0.25 each for a uniform map)."""
+    (top-left, top-right, bottom-left, bottom-right; 0.25 each for a uniform map; NaN for a
+    map with no positive mass, which points nowhere)."""
     m = maps.clamp(min=0).float()
     h, w = m.shape[-2:]
     if h % 2 or w % 2:
         raise ValueError(f"quadrants need an even map size, got {h}x{w}")
     q = m.unflatten(-2, (2, h // 2)).unflatten(-1, (2, w // 2)).sum((-3, -1))  # [B, 2, 2]
     total = q.sum((-2, -1), keepdim=True)
-    return (q / total.clamp(min=1e-30)).flatten(-2) * (total.flatten(-2) > 0)
+    shares = (q / total.clamp(min=1e-30)).flatten(-2)
+    return torch.where(total.flatten(-2) > 0, shares, torch.full_like(shares, float("nan")))
 
 
 def pointing_scores(maps: Tensor, quadrant: Tensor) -> Tensor:
@@ -140,7 +145,8 @@ def object_bound(attention: Tensor, threshold: float = 0.8) -> Tensor:
     """Whether each token's attention falls >= ``threshold`` inside one quadrant:
     ``[B, L, h, w]`` -> bool ``[B, L]`` (True: object-bound, False: context)."""
     b, n = attention.shape[:2]
-    return quadrant_shares(attention.reshape(b * n, *attention.shape[-2:])).max(-1).values.view(b, n) >= threshold
+    shares = quadrant_shares(attention.reshape(b * n, *attention.shape[-2:])).nan_to_num(0.0)
+    return shares.max(-1).values.view(b, n) >= threshold
 
 
 # --------------------------------------------------------------------------- deletion / insertion

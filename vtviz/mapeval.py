@@ -181,7 +181,7 @@ def _pointing(model: VTResNet, data: _Data, groups: Sequence[tuple[int, ...]]) -
         bound = {f"layer {i}": float(object_bound(a[4 * n:4 * n + 1]).float().mean())
                  for i, a in enumerate(cm.attention)}
         records.append({"files": [data.files[i] for i in g], "classes": [data.classes[data.labels[i]] for i in g],
-                        "pointing": {k: [round(float(v), 5) for v in s[n]] for k, s in scores.items()},
+                        "pointing": {k: [round(float(v), 5) for v in s[n]] for k, s in scores.items()},  # NaN: empty
                         "object_bound": bound})
     return records
 
@@ -217,10 +217,12 @@ def _curves(model: VTResNet, x: Tensor, cm: ClassMaps, cfg: MapEvalConfig,
 
 
 def _map_kinds(cm: ClassMaps) -> dict[str, Tensor]:
-    """Maps of a batch by kind, ``[B, ...]``: tokenizer attention (per token) and class maps."""
+    """Maps of a batch by kind, ``[B, ...]``: tokenizer attention (per token) and the class maps
+    before their positive part (after it, a randomised model's map is often empty: no ranking)."""
+    assert cm.signed_gradcam is not None
     kinds = {f"tokenizer attention, layer {i}": a for i, a in enumerate(cm.attention)}
-    kinds |= {f"token map, layer {i}": m for i, m in enumerate(cm.token_maps)}
-    kinds["Grad-CAM"] = cm.gradcam
+    kinds |= {f"token map, layer {i}": m for i, m in enumerate(cm.signed_token_maps)}
+    kinds["Grad-CAM"] = cm.signed_gradcam
     return kinds
 
 
@@ -320,8 +322,9 @@ def _subset(cm: ClassMaps, idx: list[int]) -> ClassMaps:
     def pick(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return tuple(t[idx] for t in ts)
 
+    assert cm.signed_gradcam is not None
     return ClassMaps(cm.target[idx], cm.logits[idx], pick(cm.attention), pick(cm.tokens), pick(cm.contributions),
-                     pick(cm.token_maps), cm.gradcam[idx])
+                     pick(cm.token_maps), cm.gradcam[idx], pick(cm.signed_token_maps), cm.signed_gradcam[idx])
 
 
 def _image_unit(model: VTResNet, data: _Data, cfg: MapEvalConfig, start: int, stop: int) -> list[dict[str, Any]]:
@@ -421,7 +424,13 @@ def summarise(records: Sequence[dict[str, Any]], settings: dict[str, Any], data:
         ok = (data.pred == np.asarray(data.labels)) & (data.prob >= settings["config"]["min_p"])
         out["eligible_for_mosaics"] = int(ok.sum())
     if mos:
-        out["pointing"] = {k: _ci([float(np.mean(r["pointing"][k])) for r in mos]) for k in mos[0]["pointing"]}
+        def share(values: list[float | None]) -> float:
+            v = [np.nan if x is None else x for x in values]
+            return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+        out["pointing"] = {k: _ci([share(r["pointing"][k]) for r in mos]) for k in mos[0]["pointing"]}
+        out["empty_class_maps"] = {k: round(float(np.mean([x is None for r in mos for x in r["pointing"][k]])), 4)
+                                   for k in mos[0]["pointing"]}
         out["object_bound"] = {k: _ci([r["object_bound"][k] for r in mos]) for k in mos[0]["object_bound"]}
     if imgs:
         out["deletion"] = {k: _ci([r["deletion"][k] for r in imgs]) for k in imgs[0]["deletion"]}
@@ -458,6 +467,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["## Grid pointing game (share of the class map in its quadrant; uniform = 0.25)", "",
                   "| map | score |", "|---|---|"]
         lines += [f"| {k} | {_cell(v)} |" for k, v in summary["pointing"].items()]
+        lines += ["", "Class maps with no positive mass (left out of the score above): "
+                  + ", ".join(f"{k} {v:.1%}" for k, v in summary["empty_class_maps"].items()) + "."]
         lines += ["", "Object-bound tokens (>= 80% of the attention in one quadrant of a mosaic):", "",
                   "| layer | share of tokens |", "|---|---|"]
         lines += [f"| {k} | {_cell(v)} |" for k, v in summary["object_bound"].items()]
@@ -469,6 +480,11 @@ def markdown(summary: dict[str, Any]) -> str:
     if "randomisation" in summary:
         kinds = list(next(iter(summary["randomisation"].values())))
         lines += ["", "## Model randomisation: Spearman correlation with the trained model's map", "",
+                  "Class maps compared before their positive part (signed); tokenizer attention per token. "
+                  "A pass: tokenizer attention is class-agnostic, so it stays exactly 1 while only later parts "
+                  "are random and falls once its own module is; a class map (token map, Grad-CAM) must fall "
+                  "already when only the head is random, or it does not depend on what the model learned "
+                  "about the class.", "",
                   "| randomised (cascading) | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
         lines += [f"| {step} | " + " | ".join(_cell(v[k]) for k in kinds) + " |"
                   for step, v in summary["randomisation"].items()]
