@@ -383,12 +383,12 @@ def evaluate_maps(model: nn.Module, folder: str | Path, out_dir: str | Path,
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     settings = {"model": model_name or model_meta(vt).name, "data": str(folder), "config": asdict(config)}
     stamp = out / "settings.json"
-    if rank == 0:
-        if stamp.exists() and json.loads(stamp.read_text()) != settings:
-            raise ValueError(f"{out}: holds a run with other settings ({stamp}); use another --out")
-        stamp.write_text(json_text(settings, indent=1))
+    if stamp.exists() and json.loads(stamp.read_text()) != settings:
+        raise ValueError(f"{out}: holds a run with other settings ({stamp}); use another --out")
     t0 = time.perf_counter()
-    data = _load(vt, Path(folder), config, progress and rank == 0)
+    data = _load(vt, Path(folder), config, progress and rank == 0)  # bad data fails before anything is written
+    if rank == 0:
+        stamp.write_text(json_text(settings, indent=1))
     units = _work(vt, data, config)
     done = _done(out)
     mine = [(uid, fn) for n, (uid, fn) in enumerate(units) if n % world == rank and uid not in done]
