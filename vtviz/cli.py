@@ -110,11 +110,6 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from .runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
-    barrier = None
-    if d.world > 1:
-        import torch.distributed as dist
-
-        barrier = dist.barrier
     try:
         model = load_model(args.model, device=device)
         if not isinstance(model, VTResNet):
@@ -122,7 +117,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         options = GalleryOptions(k=args.k, crop=args.crop, layers=parse_indices(args.layers),
                                  batch_size=args.batch_size, save_every=args.save_every)
         index = build_gallery(model, iter_inputs(args.inputs), args.out, options, rank=d.rank, world=d.world,
-                              barrier=barrier, progress=not args.quiet and d.main, model_name=args.model)
+                              barrier=d.barrier, progress=not args.quiet and d.main, model_name=args.model)
     finally:
         close_distributed(d)
     if d.main:
@@ -184,11 +179,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
-    rank, world, barrier = d.rank, d.world, None
-    if world > 1:
-        import torch.distributed as dist
-
-        barrier = dist.barrier
+    rank, world, barrier = d.rank, d.world, d.barrier
     import signal
 
     def stop(signum: int, frame: Any) -> None:
@@ -291,16 +282,11 @@ def cmd_evaluate_maps(args: argparse.Namespace) -> int:
     from .runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
-    barrier = None
-    if d.world > 1:
-        import torch.distributed as dist
-
-        barrier = dist.barrier
     try:
         model = load_model(args.model, device=device)
         cfg = MapEvalConfig(limit=args.limit, curves=args.curves, randomised=args.randomised, paste=args.paste,
                             steps=args.steps, min_p=args.min_p, batch_size=args.batch_size, seed=args.seed)
-        summary = evaluate_maps(model, args.data, args.out, cfg, rank=d.rank, world=d.world, barrier=barrier,
+        summary = evaluate_maps(model, args.data, args.out, cfg, rank=d.rank, world=d.world, barrier=d.barrier,
                                 progress=not args.quiet, model_name=args.model)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)

@@ -63,13 +63,12 @@ def _decode(args: tuple[str, Preprocess]) -> np.ndarray | str:
         return str(exc)
 
 
-def read_image_folder(root: str | Path, pre: Preprocess, *, class_ids: Sequence[str] | None = None,
-                      cache_dir: str | Path | None = None, workers: int | None = None,
-                      progress: bool = True) -> ImageFolderData:
-    """Decode ``root/<class>/*`` into fitted uint8 images (cached in ``cache_dir`` if given).
+def list_image_folder(root: str | Path, class_ids: Sequence[str] | None = None
+                      ) -> tuple[list[str], list[int], list[str], list[str]]:
+    """Image files of ``root/<class>/*`` (sorted per class), their labels, the class ids and names.
 
-    ``class_ids`` fixes the label order (e.g. a checkpoint's); by default sorted folder names.
-    Unreadable images are skipped with a warning on stderr.
+    ``class_ids`` fixes the label order (e.g. a checkpoint's; a folder that is not among them is
+    an error); by default sorted folder names.
     """
     root = Path(root)
     ids, names = class_folders(root)
@@ -79,13 +78,27 @@ def read_image_folder(root: str | Path, pre: Preprocess, *, class_ids: Sequence[
             raise ValueError(f"{root}: folders {unknown[:5]} are not classes of the model")
         lookup = dict(zip(ids, names))
         ids, names = list(class_ids), [lookup.get(i, i) for i in class_ids]
-    files, labels = [], []
+    files: list[str] = []
+    labels: list[int] = []
     for label, cid in enumerate(ids):
         folder = root / cid
         if folder.is_dir():
             found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             files += [str(p) for p in found]
             labels += [label] * len(found)
+    return files, labels, ids, names
+
+
+def read_image_folder(root: str | Path, pre: Preprocess, *, class_ids: Sequence[str] | None = None,
+                      cache_dir: str | Path | None = None, workers: int | None = None,
+                      progress: bool = True) -> ImageFolderData:
+    """Decode ``root/<class>/*`` into fitted uint8 images (cached in ``cache_dir`` if given).
+
+    ``class_ids`` fixes the label order (e.g. a checkpoint's); by default sorted folder names.
+    Unreadable images are skipped with a warning on stderr.
+    """
+    root = Path(root)
+    files, labels, ids, names = list_image_folder(root, class_ids)
     key = hashlib.sha1(json.dumps([str(root.resolve()), pre.size, pre.fit.value, pre.crop_pct,
                                    _listing(files)]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{root.name}-{pre.size}-{key}" if cache_dir else None

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import model_meta
-from .data import class_folders
+from .data import list_image_folder
 from .errors import ImageError, json_text
 from .explain import _require_vt, logits_of, preprocess_for, token_maps
 from .faithful import (
@@ -57,12 +57,12 @@ from .faithful import (
     spearman,
     token_curves,
 )
-from .image import IMAGE_SUFFIXES, fit_image, load_image, to_tensor
+from .image import fit_image, load_image, to_tensor
 from .meta import Preprocess
 from .model import VTResNet
 
 PARTS = "parts"
-RANDOMISATION_STEPS = ("original", "head", "+VT module 1", "+VT module 0", "+ResNet stage 3")
+RANDOMISATION_STEPS = ("head", "+VT module 1", "+VT module 0", "+ResNet stage 3")  # cascading, in order
 
 
 @dataclass(frozen=True)
@@ -102,18 +102,7 @@ class _Data:
 def _sample(folder: Path, class_ids: Sequence[str], limit: int, seed: int) -> tuple[list[str], list[int]]:
     """``limit`` photos of ``folder/<class id>/`` drawn at random (seeded), with their labels
     (indices into ``class_ids``: the model's class ids, or its class names)."""
-    ids, _ = class_folders(folder)
-    unknown = sorted(set(ids) - set(class_ids))
-    if unknown:
-        raise ValueError(f"{folder}: folders {unknown[:5]} are not classes of the model")
-    order = list(class_ids)
-    files, labels = [], []
-    for label, cid in enumerate(order):
-        d = folder / cid
-        if d.is_dir():
-            found = sorted(str(p) for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            files += found
-            labels += [label] * len(found)
+    files, labels, _, _ = list_image_folder(folder, class_ids)
     if not files:
         raise FileNotFoundError(f"{folder}: no images in class sub-folders")
     pick = np.random.default_rng(seed).permutation(len(files))[:limit]
@@ -232,7 +221,7 @@ def _randomisation(model: VTResNet, x: Tensor, cm: ClassMaps, seed: int) -> list
     parts: list[nn.Module] = [rnd.fc, rnd.vt_layers[-1], rnd.vt_layers[0], rnd.stem.layer3]
     ref = _map_kinds(cm)
     out: list[dict[str, Any]] = [{} for _ in range(x.shape[0])]
-    for step, part in zip(RANDOMISATION_STEPS[1:], parts):
+    for step, part in zip(RANDOMISATION_STEPS, parts):
         randomise_(part, gen)
         now = _map_kinds(class_maps(rnd, x, cm.target))
         for kind, m in now.items():
@@ -266,8 +255,11 @@ def _paste(model: VTResNet, data: _Data, idx: Sequence[int]) -> list[dict[str, A
     q = s // 4
     corners = [(q // 2, q // 2), (q // 2, s - q - q // 2), (s - q - q // 2, q // 2), (s - q - q // 2, s - q - q // 2)]
     out = []
+    objects: dict[int, tuple[int, np.ndarray]] = {}  # by host label: chosen once
     for i in idx:
-        label, obj = _paste_object(data, data.labels[i])
+        if data.labels[i] not in objects:
+            objects[data.labels[i]] = _paste_object(data, data.labels[i])
+        label, obj = objects[data.labels[i]]
         imgs, regions = [data.images[i]] * 4, []  # the host alone first: what lands there by chance
         for y, x0 in corners:
             img = data.images[i].copy()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +94,15 @@ class Dist:
     def main(self) -> bool:
         """True on rank 0 (the process that writes summaries)."""
         return self.rank == 0
+
+    @property
+    def barrier(self) -> Callable[[], Any] | None:
+        """The process group's barrier in a multi-process run, else None (nothing to wait for)."""
+        if self.world <= 1:
+            return None
+        import torch.distributed as dist
+
+        return dist.barrier
 
 
 def init_distributed(device: str | torch.device = "auto") -> tuple[Dist, torch.device]:
