@@ -15,7 +15,9 @@ from PIL import Image
 
 import vtviz
 from vtviz.cli import main as cli
-from vtviz.train import weights_fingerprint
+from vtviz.diagnostics import distinct_targets
+from vtviz.model import VTLayerOutput
+from vtviz.train import hard_balance_penalty, register_penalty, weights_fingerprint
 
 COLOURS = [(230, 30, 30), (30, 30, 230)]
 
@@ -228,3 +230,45 @@ def test_precise_bn_matches_batch_statistics(small_model):
         after = model.eval()(x)
     assert not torch.allclose(before, train_mode, atol=1e-3)
     torch.testing.assert_close(after, train_mode, atol=0.1, rtol=0.05)
+
+
+def _layer(mixing: torch.Tensor, assignment: torch.Tensor | None = None,
+           to_registers: torch.Tensor | None = None) -> VTLayerOutput:
+    b, n = mixing.shape[:2]
+    regs = torch.zeros(b, n) if to_registers is None else to_registers
+    return VTLayerOutput(torch.full((b, n, 9), 1 / 9), mixing, regs, assignment,
+                               torch.zeros(b, n, 4), None)
+
+
+def test_hard_balance_is_one_for_a_sink_and_zero_for_spread_argmax():
+    n = 16
+    sink = torch.zeros(2, n, n)
+    sink[..., 5] = 1
+    assert hard_balance_penalty([_layer(sink)]) == pytest.approx(1.0)
+    assert hard_balance_penalty([_layer(torch.eye(n).expand(2, n, n))]) == pytest.approx(0.0)
+    # the projector's pixels: one token owns every pixel; the mixing term is 0, the mean is 1/2
+    assign = torch.zeros(2, 49, n)
+    assign[..., 3] = 1
+    assert hard_balance_penalty([_layer(torch.eye(n).expand(2, n, n), assign)]) == pytest.approx(0.5)
+
+
+def test_hard_balance_gradient_spreads_the_argmax_targets():
+    n = 16
+    torch.manual_seed(0)
+    logits = (0.01 * torch.randn(1, n, n)).requires_grad_()
+    with torch.no_grad():
+        logits[..., 5] += 0.5  # every token reads token 5
+    assert int(distinct_targets(logits.softmax(-1))[0]) == 1
+    opt = torch.optim.SGD([logits], lr=5.0)
+    for _ in range(100):
+        opt.zero_grad()
+        hard_balance_penalty([_layer(logits.softmax(-1))]).backward()
+        opt.step()
+    assert int(distinct_targets(logits.softmax(-1))[0]) >= 6
+
+
+def test_register_penalty_is_the_excess_over_half():
+    n = 16
+    eye = torch.eye(n).expand(2, n, n)
+    assert register_penalty([_layer(0.3 * eye, to_registers=torch.full((2, n), 0.7))]) == pytest.approx(0.2)
+    assert register_penalty([_layer(0.6 * eye, to_registers=torch.full((2, n), 0.4))]) == 0.0

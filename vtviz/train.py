@@ -122,6 +122,45 @@ def balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
+def _switch_imbalance(probs: Tensor) -> Tensor:
+    """Switch-Transformer load-balancing loss of rows ``[B, N, L]`` (each a distribution over
+    L tokens), rescaled to 0 when balanced: ``(L * sum_j f_j P_j - 1) / (L - 1)`` with f_j the
+    share of rows whose argmax is j (no gradient) and P_j the mean probability of j."""
+    n = probs.shape[-1]
+    f = F.one_hot(probs.detach().argmax(-1), n).float().mean(1)  # [B, L]
+    return ((f * probs.mean(1)).sum(-1) * n - 1).mean() / max(n - 1, 1)
+
+
+def hard_balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
+    """Load balancing of *argmax* ownership (Fedus et al. 2021's auxiliary loss).
+
+    :func:`balance_penalty` balances soft shares, which leaves argmax ownership free to
+    collapse where rows are nearly flat (version 2's recurrent model: one projector owner of
+    99% of the pixels, ~6 distinct mixing targets). Weighting each token's mean probability by
+    the share of rows (tokens in the mixing, pixels in the projector) it wins pushes down
+    exactly the tokens that win too often.
+    """
+    terms = []
+    for out in layers:
+        terms.append(_switch_imbalance(image_mixing(out.mixing)))
+        if out.assignment is not None:
+            a = out.assignment.float()
+            terms.append(_switch_imbalance(a / a.sum(-1, keepdim=True).clamp_min(1e-12)))
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def register_penalty(layers: Sequence[VTLayerOutput], allowed: float = 0.5) -> Tensor:
+    """Mean excess of the attention image tokens give the register tokens over ``allowed``.
+
+    Registers give the transformer a place to park attention; without a cap version 2's
+    filter-only model gave them all of it in its first module (the image tokens then read one
+    another only through the registers' summary).
+    """
+    if not layers:
+        return torch.zeros(())
+    return torch.stack([F.relu(o.to_registers.float() - allowed).mean() for o in layers]).mean()
+
+
 def border_penalty(layers: Sequence[VTLayerOutput], map_size: tuple[int, int],
                    allowed: float = 0.4) -> Tensor:
     """Mean excess of each token's attention on the map's outer ring over ``allowed``.
@@ -429,6 +468,8 @@ class TrainConfig:
     clip: float = 2.0
     diversity: float = 0.5
     balance: float = 0.0
+    hard_balance: float = 0.0
+    register_cap: float = 0.0
     border: float = 0.0
     registers: int | None = None
     projector_null: bool | None = None
@@ -609,6 +650,10 @@ def _train_step(cfg: TrainConfig, loop: _Loop, data: _Data, x: Tensor, y: Tensor
     bal = balance_penalty(layers).to(loss.device)
     bor = border_penalty(layers, map_size).to(loss.device)
     total = loss + cfg.diversity * div + cfg.balance * bal + cfg.border * bor
+    if cfg.hard_balance:
+        total = total + cfg.hard_balance * hard_balance_penalty(layers).to(loss.device)
+    if cfg.register_cap:
+        total = total + cfg.register_cap * register_penalty(layers).to(loss.device)
     loop.optimizer.zero_grad(set_to_none=True)
     total.backward()
     nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.clip)
@@ -799,6 +844,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diversity", type=float, default=0.5, help="token-map diversity penalty weight")
     p.add_argument("--balance", type=float, default=0.0,
                    help="load-balancing penalty on received attention and projector ownership")
+    p.add_argument("--hard-balance", type=float, default=0.0,
+                   help="load-balancing penalty on argmax ownership (Switch Transformer's loss) of "
+                        "the token mixing and the projector")
+    p.add_argument("--register-cap", type=float, default=0.0, metavar="WEIGHT",
+                   help="penalty on attention to the register tokens beyond half of a token's")
     p.add_argument("--border", type=float, default=0.0, help="penalty on attention on the map's border")
     p.add_argument("--registers", type=int, default=None, help="register tokens per transformer")
     p.add_argument("--projector-null", action=argparse.BooleanOptionalAction, default=None,
