@@ -267,8 +267,16 @@ def test_hard_balance_gradient_spreads_the_argmax_targets():
     assert int(distinct_targets(logits.softmax(-1))[0]) >= 6
 
 
-def test_register_penalty_is_the_excess_over_half():
+def test_register_penalty_is_the_log_excess_over_half():
     n = 16
     eye = torch.eye(n).expand(2, n, n)
-    assert register_penalty([_layer(0.3 * eye, to_registers=torch.full((2, n), 0.7))]) == pytest.approx(0.2)
+    expected = -np.log(0.3) + np.log(0.5)
+    assert register_penalty([_layer(0.3 * eye, to_registers=torch.full((2, n), 0.7))]) == pytest.approx(expected)
     assert register_penalty([_layer(0.6 * eye, to_registers=torch.full((2, n), 0.4))]) == 0.0
+    # nearly all attention on the registers: the image logits still get a gradient of ~1/L each
+    logits = torch.zeros(1, n, n + 4)
+    logits[..., n:] = 12.0
+    logits.requires_grad_()
+    p = logits.softmax(-1)
+    register_penalty([_layer(p[..., :n], to_registers=p[..., n:].sum(-1))]).backward()
+    assert logits.grad[0, 0, :n].neg().min() > 0.5 / n / n  # (averaged over the n rows)

@@ -150,15 +150,20 @@ def hard_balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
 
 
 def register_penalty(layers: Sequence[VTLayerOutput], allowed: float = 0.5) -> Tensor:
-    """Mean excess of the attention image tokens give the register tokens over ``allowed``.
+    """Mean excess of ``-log`` of the attention image tokens give one another over ``-log(1 - allowed)``.
 
     Registers give the transformer a place to park attention; without a cap version 2's
     filter-only model gave them all of it in its first module (the image tokens then read one
-    another only through the registers' summary).
+    another only through the registers' summary). In log form the gradient on an image token's
+    logit is its share among the image tokens, which does not vanish as the registers take
+    nearly everything (it does once the image share underflows to 0: start such a model with
+    fresh attention).
     """
     if not layers:
         return torch.zeros(())
-    return torch.stack([F.relu(o.to_registers.float() - allowed).mean() for o in layers]).mean()
+    floor = -math.log(1 - allowed)
+    return torch.stack([F.relu(-o.mixing.float().sum(-1).clamp_min(1e-30).log() - floor).mean()
+                        for o in layers]).mean()
 
 
 def border_penalty(layers: Sequence[VTLayerOutput], map_size: tuple[int, int],
