@@ -17,7 +17,7 @@ import vtviz
 from vtviz.cli import main as cli
 from vtviz.diagnostics import distinct_targets
 from vtviz.model import VTLayerOutput
-from vtviz.train import hard_balance_penalty, register_penalty, weights_fingerprint
+from vtviz.train import hard_balance_penalty, mixing_diversity_penalty, register_penalty, weights_fingerprint
 
 COLOURS = [(230, 30, 30), (30, 30, 230)]
 
@@ -280,3 +280,22 @@ def test_register_penalty_is_the_log_excess_over_half():
     p = logits.softmax(-1)
     register_penalty([_layer(p[..., :n], to_registers=p[..., n:].sum(-1))]).backward()
     assert logits.grad[0, 0, :n].neg().min() > 0.5 / n / n  # (averaged over the n rows)
+
+
+def test_mixing_diversity_is_zero_when_tokens_read_different_others_and_one_for_a_sink():
+    n = 16
+    shift = torch.roll(torch.eye(n), 1, dims=1).expand(2, n, n)  # token i reads token i+1
+    assert mixing_diversity_penalty([_layer(shift)]) == pytest.approx(0.0)
+    sink = torch.zeros(2, n, n)
+    sink[..., 5] = 1
+    sink[:, 5, 5], sink[:, 5, 6] = 0, 1  # (token 5 itself reads token 6: off the diagonal)
+    assert mixing_diversity_penalty([_layer(sink)]) == pytest.approx(15 * 14 / (n * (n - 1)))  # 15 equal rows
+    assert mixing_diversity_penalty([_layer(torch.full((2, n, n), 1 / n))]) == pytest.approx((n - 2) / (n - 1))
+    torch.manual_seed(0)
+    logits = (0.01 * torch.randn(1, n, n)).requires_grad_()  # nearly uniform rows: ~1 distinct target
+    opt = torch.optim.SGD([logits], lr=20.0)
+    for _ in range(100):
+        opt.zero_grad()
+        mixing_diversity_penalty([_layer(logits.softmax(-1))]).backward()
+        opt.step()
+    assert int(distinct_targets(logits.softmax(-1))[0]) >= 10
