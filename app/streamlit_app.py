@@ -29,7 +29,7 @@ from vtviz.runtime import device_label
 from vtviz.session import ModelStore, Upload, content_hash, explain_upload, plain, sample_uploads
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
-DEFAULT_MODEL = "vt-r18-imagenette"
+DEFAULT_MODEL = "vt-r18-imagenette-v3"
 PAGE = 8  # images per page: many uploads never render hundreds of overlays at once
 
 st.set_page_config(page_title="vtviz: visual tokens", layout="wide")
@@ -204,11 +204,13 @@ for warning in views.view_warnings(diagnostics[layer], kind):
     st.warning(warning)
 with st.expander("Diagnostics: do the transformer and projector relate tokens?"):
     st.caption("Per layer, over the images shown. Mixing targets: distinct tokens read most (per image, "
-               "of 16; 1 = every token reads one 'sink' token). Max received: the largest share of all "
+               "of 16; 1 = every token reads one 'sink' token; 16 also for tokens reading only themselves, which "
+               "'reads itself' shows). Max received: the largest share of all "
                "transformer attention one token receives. Owners: tokens owning >= 5% of the pixels in "
                "the projector. Border sinks: tokens per image with most of their attention on the border. "
                "Positional tokens need 8 or more images.")
     st.dataframe([{"layer": f"{i} · {d.kind}", "mixing targets": round(d.mixing_targets, 2),
+                   "reads itself": None if d.self_read is None else round(d.self_read, 3),
                    "max received": round(d.max_received, 3),
                    "to registers": None if d.to_registers is None else round(d.to_registers, 3),
                    "owners >= 5%": None if d.owners is None else round(d.owners, 2),

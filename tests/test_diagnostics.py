@@ -11,6 +11,7 @@ import vtviz
 from vtviz.diagnostics import diagnose, distinct_targets, ownership, received_attention
 from vtviz.maps import LayerMaps, TokenMaps
 from vtviz.model import Ablation
+from vtviz.views import MapKind, view_warnings
 
 B, L, H, W = 10, 16, 8, 8
 
@@ -43,6 +44,17 @@ def test_identity_mixing_has_sixteen_targets_and_no_sink():
     assert d.mixing_targets == L and d.sink_tokens == 0
     assert d.max_received == pytest.approx(1 / L)
     torch.testing.assert_close(received_attention(torch.eye(L)[None]), torch.full((1, L), 1 / L))
+
+
+def test_identity_mixing_is_flagged_as_tokens_reading_themselves():
+    """Sixteen distinct targets do not mean the tokens relate: the identity reads no other token."""
+    d = diagnose(_layer(torch.eye(L).expand(B, L, L)))[0]
+    assert d.self_read == pytest.approx(1.0)
+    assert not d.within_targets() and "to themselves" in d.warnings()[0]
+    assert any("mostly the token's own map" in w for w in view_warnings(d, MapKind.MIXED))
+    shift = torch.roll(torch.eye(L), 1, dims=1).expand(B, L, L)  # token i reads token i+1
+    d = diagnose(_layer(shift))[0]
+    assert d.self_read == pytest.approx(0.0) and d.mixing_targets == L and not d.warnings()
 
 
 def test_uniform_assignment_has_every_token_an_owner():

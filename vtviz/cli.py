@@ -163,7 +163,8 @@ def _evaluation_text(result: dict) -> str:
     for i, d in enumerate(result.get("diagnostics", [])):
         diag = LayerDiagnostics(**d)
         owners = "" if diag.owners is None else f", {diag.owners:.1f} projector owners >= 5%"
-        lines.append(f"layer {i} ({diag.kind}): {diag.mixing_targets:.1f} mixing targets, max received "
+        own = "" if diag.self_read is None else f" (self {diag.self_read:.2f})"
+        lines.append(f"layer {i} ({diag.kind}): {diag.mixing_targets:.1f} mixing targets{own}, max received "
                      f"{diag.max_received:.2f}{owners}, {diag.border_sinks:.2f} border sinks, "
                      f"positional {diag.positional or 'none'}")
         lines += [f"  warning: {w}" for w in diag.warnings()]

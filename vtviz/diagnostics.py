@@ -37,6 +37,10 @@ POSITIONAL_CELLS = 1.5
 #: Tokens that give the register tokens more than this share of their attention barely read
 #: one another: the transformer then relates them only through the registers' summary.
 REGISTER_SHARE = 0.9
+#: Tokens that give themselves more than this share of their attention (the diagonal of the
+#: mixing) mostly read no other token: the transformer is then close to the identity, however
+#: many distinct argmax targets the rows have (16 for the identity itself).
+SELF_SHARE = 0.5
 #: High-norm token: its vector norm exceeds the image's median token norm by this factor.
 HIGH_NORM_FACTOR = 3.0
 
@@ -82,7 +86,9 @@ class LayerDiagnostics:
     """Diagnostics of one VT module over a set of images (means over images unless noted).
 
     mixing_targets: distinct argmax targets of the token mixing per image (of L; 1 = all
-    read one token). max_received: largest share of attention one token receives, per
+    read one token; 16 for the identity, so read it with ``self_read``). self_read: mean
+    attention a token gives itself (the mixing's diagonal): near 1, the tokens read no other
+    token. max_received: largest share of attention one token receives, per
     image. sink_tokens: tokens per image that receive more than half of all attention.
     received: ``[L]`` mean share each token receives (1/L each when balanced).
     to_registers: mean attention image tokens give the register tokens (None: no registers).
@@ -108,6 +114,7 @@ class LayerDiagnostics:
     high_norm: float
     positional: list[int] | None = None
     peak_spread: list[float] | None = field(default=None)
+    self_read: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
@@ -121,6 +128,10 @@ class LayerDiagnostics:
             out.append(f"the tokens give {self.to_registers:.0%} of their transformer attention to the "
                        "register tokens: they read one another only through the registers' summary, and the "
                        "mixing among image tokens shown is what little is left")
+        elif self.self_read is not None and self.self_read > SELF_SHARE:
+            out.append(f"the tokens give {self.self_read:.0%} of their transformer attention to themselves: "
+                       "they barely read one another (the mixing is close to the identity), whatever the "
+                       "number of distinct targets says")
         elif self.mixing_targets < 2 or self.max_received > SINK_SHARE:
             out.append(f"token mixing is degenerate: on average the tokens read token {top} "
                        f"({self.max_received:.0%} of all attention, {self.mixing_targets:.1f} "
@@ -140,6 +151,7 @@ class LayerDiagnostics:
         """The targets of the models issue: mixing, projector, positional and border tokens."""
         ok = self.mixing_targets >= 6 and self.max_received <= SINK_SHARE
         ok = ok and (self.to_registers is None or self.to_registers <= REGISTER_SHARE)
+        ok = ok and (self.self_read is None or self.self_read <= SELF_SHARE)  # the identity relates nothing
         if self.owners is not None:
             ok = ok and self.owners >= 4
         if self.positional is not None:
@@ -189,7 +201,7 @@ class DiagnosticsAccumulator:
                 owners=float(s["owners"]) if "owners" in s else None,
                 top_owner=float(s["top_owner"]) if "top_owner" in s else None,
                 border_sinks=float(s["border_sinks"]), high_norm=float(s["high_norm"]),
-                positional=positional, peak_spread=spread,
+                positional=positional, peak_spread=spread, self_read=float(s["self_read"]),
             ))
         return out
 
@@ -201,6 +213,7 @@ def per_image(layer: LayerMaps) -> dict[str, Tensor]:
         "targets": distinct_targets(layer.token_mixing).float(),
         "received": received,
         "max_received": received.amax(-1),
+        "self_read": image_mixing(layer.token_mixing).diagonal(dim1=1, dim2=2).mean(-1),
         "sinks": (received > SINK_SHARE).float().sum(-1),
         "border_sinks": (border_mass(layer.attention) > BORDER_SHARE).float().sum(-1),
         "high_norm": (token_norm_ratio(layer.tokens) >= HIGH_NORM_FACTOR).float().sum(-1),
@@ -234,6 +247,7 @@ def image_diagnostics(maps: TokenMaps) -> list[list[dict[str, Any]]]:
                 "kind": layer.kind, "mixing_targets": int(per["targets"][b]),
                 "most_read_token": int(per["received"][b].argmax()),
                 "max_received": round(float(per["max_received"][b]), 4),
+                "self_read": round(float(per["self_read"][b]), 4),
                 "border_sinks": int(per["border_sinks"][b]), "high_norm": int(per["high_norm"][b]),
             }
             if "owners" in per:

@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from . import render
-from .diagnostics import REGISTER_SHARE, SINK_SHARE, LayerDiagnostics
+from .diagnostics import REGISTER_SHARE, SELF_SHARE, SINK_SHARE, LayerDiagnostics
 from .image import Geometry, maps_to_original
 from .maps import ImageMaps, LayerMaps, Scale, TokenMatching, match_tokens, normalize_with_range, token_table
 from .render import Colormap
@@ -495,6 +495,9 @@ def view_warnings(diagnostics: LayerDiagnostics, kind: MapKind | str) -> list[st
     if kind is MapKind.MIXED and to_registers > REGISTER_SHARE:
         out.append(f"Here the tokens give {to_registers:.0%} of their transformer attention to register tokens, "
                    "which have no map: the token-mixed maps keep only the small rest.")
+    elif kind is MapKind.MIXED and (diagnostics.self_read or 0.0) > SELF_SHARE:
+        out.append(f"Here the tokens give {diagnostics.self_read:.0%} of their transformer attention to "
+                   "themselves: each token-mixed map is mostly the token's own map.")
     elif kind is MapKind.MIXED and mixing_bad:
         top = int(np.argmax(diagnostics.received))
         out.append(f"Token mixing is degenerate here: the tokens read token {top} "
