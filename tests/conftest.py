@@ -55,7 +55,8 @@ def app_models(tmp_path_factory):
     """The bundled models when present; otherwise random stand-ins under the same names."""
     from vtviz import checkpoint
 
-    names = {"vt-r18-imagenette": ("filter", "recurrent"), "vt-r18-filter-imagenette": ("filter", "filter")}
+    names = {"vt-r18-imagenette": ("filter", "recurrent"), "vt-r18-filter-imagenette": ("filter", "filter"),
+             "vt-r18-imagenette-v3": ("filter", "recurrent")}
     if all(n in vtviz.list_pretrained() for n in names):
         yield checkpoint.PRETRAINED_DIR
         return
