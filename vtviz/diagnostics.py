@@ -208,12 +208,13 @@ class DiagnosticsAccumulator:
 
 def per_image(layer: LayerMaps) -> dict[str, Tensor]:
     """Per-image diagnostics of one layer, each ``[B]`` (``received``: ``[B, L]``)."""
-    received = received_attention(layer.token_mixing)
+    mixing = image_mixing(layer.token_mixing)
+    received = mixing.mean(dim=1)  # received_attention, from the one renormalised mixing
     out = {
         "targets": distinct_targets(layer.token_mixing).float(),
         "received": received,
         "max_received": received.amax(-1),
-        "self_read": image_mixing(layer.token_mixing).diagonal(dim1=1, dim2=2).mean(-1),
+        "self_read": mixing.diagonal(dim1=1, dim2=2).mean(-1),
         "sinks": (received > SINK_SHARE).float().sum(-1),
         "border_sinks": (border_mass(layer.attention) > BORDER_SHARE).float().sum(-1),
         "high_norm": (token_norm_ratio(layer.tokens) >= HIGH_NORM_FACTOR).float().sum(-1),

@@ -104,6 +104,19 @@ def _imbalance(share: Tensor) -> Tensor:
     return ((share * share).sum(-1) * n - 1).mean() / max(n - 1, 1)
 
 
+def _routing_rows(layers: Sequence[VTLayerOutput]) -> list[Tensor]:
+    """The distributions over tokens that load balancing acts on, each ``[B, N, L]``: per
+    layer the rows of the token mixing (registers out) and, with a projector, each pixel's
+    assignment (null slot out), both renormalised to sum to 1."""
+    rows = []
+    for out in layers:
+        rows.append(image_mixing(out.mixing))
+        if out.assignment is not None:
+            a = out.assignment.float()
+            rows.append(a / a.sum(-1, keepdim=True).clamp_min(1e-12))
+    return rows
+
+
 def balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
     """Load balancing of the token transformer and the projector, averaged over their terms.
 
@@ -113,12 +126,7 @@ def balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
     assignment, null slot out) should not pile onto one token. The first trained models,
     without it, had every token read one sink token and one token own 96-100% of the pixels.
     """
-    terms = []
-    for out in layers:
-        terms.append(_imbalance(image_mixing(out.mixing).mean(1)))
-        if out.assignment is not None:
-            a = out.assignment.float()
-            terms.append(_imbalance((a / a.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)))
+    terms = [_imbalance(r.mean(1)) for r in _routing_rows(layers)]
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
@@ -140,12 +148,7 @@ def hard_balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
     the share of rows (tokens in the mixing, pixels in the projector) it wins pushes down
     exactly the tokens that win too often.
     """
-    terms = []
-    for out in layers:
-        terms.append(_switch_imbalance(image_mixing(out.mixing)))
-        if out.assignment is not None:
-            a = out.assignment.float()
-            terms.append(_switch_imbalance(a / a.sum(-1, keepdim=True).clamp_min(1e-12)))
+    terms = [_switch_imbalance(r) for r in _routing_rows(layers)]
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
