@@ -11,13 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import vtviz
 from vtviz.cli import main as cli
 from vtviz.diagnostics import distinct_targets
 from vtviz.model import VTLayerOutput
-from vtviz.train import hard_balance_penalty, mixing_diversity_penalty, register_penalty, weights_fingerprint
+from vtviz.train import (
+    hard_balance_penalty,
+    mixing_diversity_penalty,
+    projector_balance_penalty,
+    register_penalty,
+    self_attention_penalty,
+    weights_fingerprint,
+)
 
 COLOURS = [(230, 30, 30), (30, 30, 230)]
 
@@ -271,6 +279,34 @@ def test_hard_balance_gradient_spreads_the_argmax_targets():
     logits[..., 5] += 0.5  # every token reads token 5
     assert int(distinct_targets(logits.softmax(-1))[0]) == 1
     assert _descend(hard_balance_penalty, logits, lr=5.0) >= 6
+
+
+def test_projector_balance_counts_the_projector_alone():
+    n = 16
+    eye = torch.eye(n).expand(2, n, n)
+    assert projector_balance_penalty([_layer(eye)]) == 0.0  # no projector
+    one_owner = torch.zeros(2, 49, n)
+    one_owner[..., 3] = 0.9  # (0.1 to the null slot: renormalised away)
+    assert projector_balance_penalty([_layer(eye, one_owner)]) == pytest.approx(1.0)
+    spread = F.one_hot(torch.arange(48) % n, n).float().expand(2, 48, n)
+    assert projector_balance_penalty([_layer(eye, spread)]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_self_attention_penalty_is_the_diagonal_excess_and_moves_attention_off_it():
+    n = 16
+    eye = torch.eye(n).expand(2, n, n)
+    assert self_attention_penalty([_layer(eye)]) == pytest.approx(0.5)
+    assert self_attention_penalty([_layer(0.8 * eye + 0.2 / n)]) == pytest.approx(0.8 + 0.2 / n - 0.5)
+    assert self_attention_penalty([_layer(torch.roll(eye, 1, dims=2))]) == 0.0  # reads another token
+    logits = (4 * torch.eye(n)[None]).requires_grad_()
+    diagonal = logits.softmax(-1).diagonal(dim1=1, dim2=2).mean()
+    opt = torch.optim.SGD([logits], lr=50.0)
+    for _ in range(50):
+        opt.zero_grad()
+        self_attention_penalty([_layer(logits.softmax(-1))]).backward()
+        opt.step()
+    after = logits.softmax(-1).diagonal(dim1=1, dim2=2).mean()
+    assert diagonal > 0.75 and after <= 0.51
 
 
 def test_register_penalty_is_the_log_excess_over_half():
