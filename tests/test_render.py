@@ -46,6 +46,8 @@ def test_overlay_many_maps_and_mask():
     out = render.overlay(image, maps, mask=mask)
     assert out.shape == (3, 20, 20, 3)
     assert (out[:, :, 10:] == 0).all() and out[:, :, :10].any()
+    uniform = render.overlay(image, maps, mask=mask, weighted=False)  # the mask holds for both blends
+    assert (uniform[:, :, 10:] == 0).all() and (uniform[:, :, :10] > 0).any(-1).all()
     with pytest.raises(ValueError, match="RGB uint8"):
         render.overlay(image.astype(np.float32), maps[0])
 

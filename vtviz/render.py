@@ -161,11 +161,17 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
         unit = np.clip((raw - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
     else:
         unit = scale_map(raw, vmin, vmax)
-    level = np.rint(unit * 255).astype(np.uint8)  # unit is already in [0, 1]
+    level = _levels(unit)
     stack_levels = level.reshape((-1,) + level.shape[-2:])
     color = _lookup_colors(colormap, stack_levels)  # [N, H, W, 3]
-    # opacity per level (no float power per pixel), then OpenCV's blend (SIMD, no GIL held)
-    a = _alpha_lut(alpha, gamma if weighted else 0.0)[stack_levels]
+    # opacity per level through OpenCV's LUT (no float power per pixel), then OpenCV's blend
+    # (SIMD, no GIL held); outside the mask the opacity is 0
+    alpha_lut = _alpha_lut(alpha, gamma if weighted else 0.0)
+    if mask is not None and alpha_lut[0] == 0:  # weighted: level 0 is transparent
+        stack_levels = np.where(np.asarray(mask, bool), stack_levels, np.uint8(0))
+        mask = None
+    n, h, w = stack_levels.shape
+    a = cv2.LUT(stack_levels.reshape(n * h, w), alpha_lut[None]).reshape(n, h, w)
     if mask is not None:
         a = a * np.asarray(mask, np.float32)
     out = np.empty(color.shape, np.uint8)
@@ -182,6 +188,14 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
     return out
 
 
+def _levels(unit: np.ndarray) -> np.ndarray:
+    """Colour levels ``round(255 * unit)`` as uint8 of values in [0, 1] ``[..., H, W]``
+    (OpenCV's saturating conversion: one SIMD pass instead of rint, astype and a copy)."""
+    u = np.ascontiguousarray(unit, np.float32)
+    flat = u.reshape(-1, u.shape[-1]) if u.ndim != 2 else u
+    return cv2.convertScaleAbs(flat, alpha=255.0).reshape(u.shape)
+
+
 def _lookup_colors(colormap: Colormap | str, level: np.ndarray) -> np.ndarray:
     """Colours ``[N, H, W, 3]`` uint8 of levels ``[N, H, W]`` uint8 (OpenCV's LUT: ~8x faster than indexing)."""
     n, h, w = level.shape
@@ -191,7 +205,7 @@ def _lookup_colors(colormap: Colormap | str, level: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _alpha_lut(alpha: float, gamma: float) -> np.ndarray:
-    """Opacity (0..1) of each of the 256 colour levels: ``alpha * (level/255)**gamma``."""
+    """Opacity (0..1) of each of the 256 colour levels: ``alpha * (level/255)**gamma`` ``[256]``."""
     lut = (alpha * np.linspace(0, 1, 256) ** gamma).astype(np.float32)
     lut.setflags(write=False)
     return lut
@@ -345,6 +359,7 @@ def text_width(text: str, size: int = 12) -> int:
     return int(np.ceil(ImageDraw.Draw(img).textlength(text, font=_font(size)))) + 6
 
 
+@lru_cache(maxsize=64)
 def colorbar(colormap: Colormap | str, vmin: float, vmax: float, length: int,
              thickness: int = 14, label: str = "", alpha: float | None = None, gamma: float = 1.0,
              dim: float = 0.6) -> np.ndarray:
@@ -353,6 +368,7 @@ def colorbar(colormap: Colormap | str, vmin: float, vmax: float, length: int,
 
     With ``alpha`` the bar is drawn as overlays are, over a grey photo dimmed by ``dim``, with
     opacity ``alpha * value**gamma``: where a map is near 0 the bar is as transparent as it.
+    Cached (every sheet of an export has the same bar): the array is read-only.
     """
     unit = np.tile(np.linspace(0, 1, length, dtype=np.float32), (thickness, 1))
     if alpha is None:
@@ -367,7 +383,9 @@ def colorbar(colormap: Colormap | str, vmin: float, vmax: float, length: int,
     rows = [bar, ends]
     if label:
         rows.append(text_strip(label, max(length, text_width(label))))
-    return stack_vertical(rows)
+    out = stack_vertical(rows)
+    out.setflags(write=False)
+    return out
 
 
 def _fmt(v: float) -> str:
