@@ -354,7 +354,7 @@ class TokenStat:
 
     def to_dict(self, digits: int = 4) -> dict[str, Any]:
         """A JSON-ready row (floats rounded to ``digits``)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # (asdict deep-copies: slow per row)
         for k, v in d.items():
             if isinstance(v, float):
                 d[k] = round(v, digits)
