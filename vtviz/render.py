@@ -231,8 +231,8 @@ def draw_label(image: np.ndarray, text: str, xy: tuple[int, int], color: tuple[i
     """Write ``text`` (in place) with its top-left corner near ``xy``, on a dark halo, inside the image."""
     scale = max(0.35, min(image.shape[:2]) / 500)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    x = int(np.clip(xy[0], 0, image.shape[1] - tw - 1))
-    y = int(np.clip(xy[1] + th, th, image.shape[0] - base - 1))
+    x = int(max(0, min(xy[0], image.shape[1] - tw - 1)))  # (np.clip on scalars: ~40x slower)
+    y = int(max(th, min(xy[1] + th, image.shape[0] - base - 1)))
     cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
     return image
