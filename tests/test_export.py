@@ -219,7 +219,7 @@ def test_a_stopped_export_leaves_no_process(tmp_path, checkpoint, sig):
     import uuid
 
     src = tmp_path / "in"
-    _photos(src, 40)
+    _photos(src, 160)  # (enough that the signal lands mid-run: 40 small photos took ~2 s)
     out = tmp_path / "out"
     mark = uuid.uuid4().hex
     cmd = [*_export_cmd(checkpoint, src, out)]
