@@ -51,6 +51,12 @@ def image_mixing(mixing: Tensor) -> Tensor:
     return m / m.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
+def self_attention(mixing: Tensor) -> Tensor:
+    """Mean attention a token gives itself, ``[B, L, L]`` -> ``[B]``: the diagonal of the
+    (renormalised) mixing; 1 for the identity, which relates no token to another."""
+    return image_mixing(mixing).diagonal(dim1=1, dim2=2).mean(-1)
+
+
 def received_attention(mixing: Tensor) -> Tensor:
     """Share of all attention each token receives, ``[B, L, L]`` -> ``[B, L]`` (sums to 1).
 
@@ -208,13 +214,12 @@ class DiagnosticsAccumulator:
 
 def per_image(layer: LayerMaps) -> dict[str, Tensor]:
     """Per-image diagnostics of one layer, each ``[B]`` (``received``: ``[B, L]``)."""
-    mixing = image_mixing(layer.token_mixing)
-    received = mixing.mean(dim=1)  # received_attention, from the one renormalised mixing
+    received = received_attention(layer.token_mixing)
     out = {
         "targets": distinct_targets(layer.token_mixing).float(),
         "received": received,
         "max_received": received.amax(-1),
-        "self_read": mixing.diagonal(dim1=1, dim2=2).mean(-1),
+        "self_read": self_attention(layer.token_mixing),
         "sinks": (received > SINK_SHARE).float().sum(-1),
         "border_sinks": (border_mass(layer.attention) > BORDER_SHARE).float().sum(-1),
         "high_norm": (token_norm_ratio(layer.tokens) >= HIGH_NORM_FACTOR).float().sum(-1),

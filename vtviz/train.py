@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_model, model_meta, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
-from .diagnostics import SELF_SHARE, image_mixing
+from .diagnostics import SELF_SHARE, image_mixing, self_attention
 from .evaluate import evaluate_arrays
 from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine, normalized_entropy
 from .meta import Fit, ModelMeta, Preprocess
@@ -112,9 +112,14 @@ def _routing_rows(layers: Sequence[VTLayerOutput]) -> list[Tensor]:
     for out in layers:
         rows.append(image_mixing(out.mixing))
         if out.assignment is not None:
-            a = out.assignment.float()
-            rows.append(a / a.sum(-1, keepdim=True).clamp_min(1e-12))
+            rows.append(_assignment_rows(out.assignment))
     return rows
+
+
+def _assignment_rows(assignment: Tensor) -> Tensor:
+    """Each pixel's projector assignment ``[B, HW, L]`` renormalised over the tokens (null slot out)."""
+    a = assignment.float()
+    return a / a.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
@@ -199,11 +204,7 @@ def projector_balance_penalty(layers: Sequence[VTLayerOutput]) -> Tensor:
     with two transformers and one projector gives it a third of the weight; version 3's
     recurrent model kept 3.4 owners of >= 5% of the pixels under it.
     """
-    terms = []
-    for out in layers:
-        if out.assignment is not None:
-            a = out.assignment.float()
-            terms.append(_switch_imbalance(a / a.sum(-1, keepdim=True).clamp_min(1e-12)))
+    terms = [_switch_imbalance(_assignment_rows(o.assignment)) for o in layers if o.assignment is not None]
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
@@ -217,8 +218,7 @@ def self_attention_penalty(layers: Sequence[VTLayerOutput], allowed: float = SEL
     """
     if not layers:
         return torch.zeros(())
-    return torch.stack([F.relu(image_mixing(o.mixing).diagonal(dim1=1, dim2=2).mean(-1) - allowed).mean()
-                        for o in layers]).mean()
+    return torch.stack([F.relu(self_attention(o.mixing) - allowed).mean() for o in layers]).mean()
 
 
 def border_penalty(layers: Sequence[VTLayerOutput], map_size: tuple[int, int],
