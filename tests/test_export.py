@@ -310,3 +310,48 @@ def test_non_finite_output_is_strict_json(tmp_path, checkpoint):
     rec = json.loads(lines[0], parse_constant=refuse)
     assert rec["status"] == "ok" and "NaN" in rec["warning"]
     assert all(t["p"] is None for t in rec["top5"])
+
+
+def test_drawing_in_worker_processes_equals_inline(tmp_path, checkpoint):
+    """Workers decode and draw in other processes: the same files, byte for byte, as inline."""
+    from vtviz import load_model
+    from vtviz.export import ExportOptions, export
+
+    src = _photos(tmp_path / "in", 5)
+    model = load_model(checkpoint, device="cpu")
+    inline, workers = tmp_path / "inline", tmp_path / "workers"
+    export(model, src, inline, ExportOptions(), workers=0, progress=False)
+    export(model, src, workers, ExportOptions(), workers=2, batch_size=2, progress=False)
+    assert _files(inline) == _files(workers) and len(_files(inline)) > 5 * 4
+    for name in _files(inline) - {"manifest.jsonl"}:
+        assert (inline / name).read_bytes() == (workers / name).read_bytes(), name
+
+
+def test_decoded_photo_is_kept_at_the_largest_drawn_size(tmp_path):
+    """What waits in the pipeline and travels between processes is bounded by --size."""
+    from vtviz.export import _decode
+    from vtviz.meta import Preprocess
+
+    p = tmp_path / "big.png"
+    Image.fromarray(np.zeros((900, 1200, 3), np.uint8)).save(p)
+    item = _decode(0, p, Preprocess(size=64), display=300)
+    assert item.image is not None and item.image.shape == (225, 300, 3)
+    assert item.geometry is not None and item.geometry.original_size == (900, 1200)
+    assert item.fitted is not None and item.fitted.shape == (64, 64, 3)
+    full = _decode(0, p, Preprocess(size=64), display=None)
+    assert full.image is not None and full.image.shape == (900, 1200, 3)
+
+
+def test_model_threads_leave_the_workers_their_cores():
+    """On a CPU the model runs with the cores the drawing workers do not use, and gets its
+    threads back afterwards; a GPU or no workers change nothing."""
+    import torch
+
+    from vtviz.runtime import cpu_threads_beside
+
+    before = torch.get_num_threads()
+    with cpu_threads_beside(torch.device("cpu"), busy=os.cpu_count() or 1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads_beside(torch.device("cpu"), busy=0):
+        assert torch.get_num_threads() == before

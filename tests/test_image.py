@@ -135,6 +135,29 @@ def test_maps_to_original_smaller_output():
     torch.testing.assert_close(out, torch.ones(3, 10, 10))
 
 
+@pytest.mark.parametrize("fit", list(Fit))
+@pytest.mark.parametrize("shape", [(224, 300), (97, 1000), (500, 333)])
+def test_maps_to_original_equals_grid_sample(fit, shape):
+    """The separable resampling is bilinear interpolation with grid_sample's conventions
+    (align_corners=False, border padding, 0 outside what the network saw)."""
+    import torch.nn.functional as F
+
+    geo = fit_image(np.zeros((*shape, 3), np.uint8), Preprocess(size=224, fit=fit))[1]
+    maps = torch.rand(2, 5, 14, 14, generator=torch.Generator().manual_seed(0))
+    for size in (None, (50, 70)):
+        th, tw = size or shape
+        (ih, iw), (sy, sx), (oy, ox) = geo.input_size, geo.scale, geo.offset
+        ys = ((torch.arange(th) + 0.5) * (shape[0] / th)) * sy + oy
+        xs = ((torch.arange(tw) + 0.5) * (shape[1] / tw)) * sx + ox
+        grid = torch.stack(torch.meshgrid(ys / ih * 2 - 1, xs / iw * 2 - 1, indexing="ij")[::-1], -1).float()
+        seen = (grid.abs() <= 1).all(-1)
+        want = F.grid_sample(maps.reshape(1, -1, 14, 14), grid[None], padding_mode="border",
+                             align_corners=False).reshape(2, 5, th, tw) * seen
+        got, mask = maps_to_original(maps, geo, size)
+        assert torch.equal(mask, seen)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_iter_image_files(tmp_path, rgb):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for p in ["a/1.png", "a/b/2.JPG", "a/notes.txt", "3.png"]:

@@ -101,3 +101,27 @@ def test_labels_with_newlines_and_control_characters_draw():
     strip = render.text_strip("photo\nwith a\tnewline\x00.png", 200)
     assert strip.shape == (18, 200, 3) and (strip < 128).any()  # text drawn, no exception
     assert render.text_width("a\nb") == render.text_width("a b")
+
+
+def test_region_outline_follows_the_full_resolution_region():
+    """Outlines traced on a sub-grid and smoothed stay within a few pixels of the region's
+    full-resolution boundary, and a region smaller than the sub-grid is still outlined."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    maps = render.resize_map(rng.random((4, 14, 14)).astype(np.float32) ** 3, (420, 560))
+    for m in maps:
+        level = render.mass_threshold(m, 0.5)
+        drawn = np.zeros(m.shape, np.uint8)
+        cv2.polylines(drawn, render.region_outline(m, level), True, 255, 1, cv2.LINE_8, render.OUTLINE_SHIFT)
+        region = (m >= level).astype(np.uint8)
+        edge = region - cv2.erode(region, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                                  borderValue=0)  # a region cut by the picture's side ends there
+        # every drawn pixel near the true edge, and every true edge pixel near a drawn one
+        near_edge = cv2.dilate(edge, np.ones((11, 11), np.uint8)).astype(bool)
+        near_drawn = cv2.dilate(drawn, np.ones((11, 11), np.uint8)).astype(bool)
+        assert drawn.any() and not (drawn.astype(bool) & ~near_edge).any()
+        assert near_drawn[edge.astype(bool)].mean() > 0.99
+    spot = np.zeros((400, 400), np.float32)
+    spot[201, 203] = 1.0  # one pixel, between the sub-grid's samples
+    assert render.region_outline(spot, 0.5)

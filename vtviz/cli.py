@@ -362,8 +362,9 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--raw-only", action="store_true", help="only maps.npz, no pictures")
     p.add_argument("--no-raw", action="store_true", help="no maps.npz")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (0: inline)")
-    p.add_argument("--writers", type=int, default=2, help="rendering/encoding threads")
+    p.add_argument("--workers", type=int, default=2,
+                   help="worker processes that decode inputs and draw outputs (0: decode inline)")
+    p.add_argument("--writers", type=int, default=2, help="drawing threads when --workers is 0")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip inputs whose outputs are complete (default when a manifest exists)")

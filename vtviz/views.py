@@ -371,7 +371,7 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
     return out
 
 
-SHEET_CELL = 256  # longer side of a token-sheet cell, px
+SHEET_CELL = 192  # longer side of a token-sheet cell, px
 
 
 def token_sheet(overlays: np.ndarray, tokens: Sequence[int], title: str,
@@ -440,9 +440,10 @@ def raw_arrays(result: ImageMaps, images: Sequence[int] | None = None, names: Se
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """Compressed ``.npz`` bytes of named arrays."""
+    """``.npz`` bytes of named arrays (stored: float maps barely compress, and zlib cost as
+    much as drawing a picture per exported photo)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
