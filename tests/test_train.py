@@ -336,3 +336,26 @@ def test_mixing_diversity_is_zero_when_tokens_read_different_others_and_high_for
     torch.manual_seed(0)
     logits = 0.01 * torch.randn(1, n, n)  # nearly uniform rows
     assert _descend(mixing_diversity_penalty, logits, lr=20.0) >= 10
+
+
+def test_consistent_teacher_labels_the_crop_the_student_sees():
+    """--kd-consistent: the teacher runs on the student's own (augmented, normalised) batch,
+    converted to its normalisation: the same logits as the teacher on those pixels."""
+    from vtviz.data import normalize_batch
+    from vtviz.meta import Preprocess
+    from vtviz.runtime import autocast_for
+    from vtviz.teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
+    from vtviz.train import CropTeacher
+
+    classes = ["tench", "English springer", "church"]
+    pre = Preprocess(size=64)
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    teacher = CropTeacher(classes, pre, torch.device("cpu"))
+    got = teacher(normalize_batch(pixels, pre.mean, pre.std))
+    reference = load_efficientnet_lite0().eval()
+    with torch.inference_mode(), autocast_for(torch.device("cpu")):
+        want = reference(normalize_batch(pixels, MEAN, STD))[:, imagenet_indices(classes)].float()
+    assert got.shape == (2, 3) and got.dtype == torch.float32 and not got.is_inference()
+    torch.testing.assert_close(got, want, atol=0.15, rtol=0.02)  # bf16 on CPUs that have it
+    other = teacher(normalize_batch(pixels.flip(-1).roll(20, -2), pre.mean, pre.std))
+    assert (other - got).abs().max() > 0.5  # another crop, other logits

@@ -326,6 +326,29 @@ def teacher_logits(data: ImageFolderData, cache_dir: Path | None, progress: bool
     return logits
 
 
+class CropTeacher:
+    """EfficientNet-Lite0 run on the very crops the student sees ("consistent" distillation,
+    Beyer et al. 2022, "Knowledge distillation: A good teacher is patient and consistent"):
+    logits cached per photo describe the whole photo, not the random crop being trained on."""
+
+    def __init__(self, classes: Sequence[str], student: Preprocess, device: torch.device) -> None:
+        from .teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
+
+        self.model = load_efficientnet_lite0().to(device).to(memory_format=torch.channels_last).eval()
+        self.indices = torch.tensor(imagenet_indices(classes), device=device)
+        # student-normalised x -> the teacher's normalisation, one affine map per channel
+        mean_s, std_s = torch.tensor(student.mean), torch.tensor(student.std)
+        self.gain = (std_s / torch.tensor(STD)).view(1, 3, 1, 1).to(device)
+        self.bias = ((mean_s - torch.tensor(MEAN)) / torch.tensor(STD)).view(1, 3, 1, 1).to(device)
+        self.device = device
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Teacher logits ``[B, classes]`` (float32) of a student batch ``[B, 3, S, S]``."""
+        with torch.inference_mode(), autocast_for(self.device):
+            z = self.model((x * self.gain + self.bias).contiguous(memory_format=torch.channels_last))
+        return z[:, self.indices].float().clone()
+
+
 def _arch_changes(cfg: TrainConfig) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if cfg.registers is not None:
@@ -547,6 +570,7 @@ class TrainConfig:
     teacher: str | None = None
     kd_weight: float = 0.7
     kd_temperature: float = 2.0
+    kd_consistent: bool = False
     amp: bool = True
     half: bool = False
     seed: int = 0
@@ -585,6 +609,7 @@ class _Data:
     val: ImageFolderData | None
     soft: Tensor | None  # teacher logits [N, classes] on the device, or None
     pre: Preprocess  # evaluation preprocessing
+    teacher: CropTeacher | None = None  # the teacher itself, on each augmented crop (--kd-consistent)
 
 
 def _setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
@@ -603,7 +628,8 @@ def _load_data(cfg: TrainConfig, d: Dist, device: torch.device, schedule: list[i
     train_pre = Preprocess(size=cfg.cache_size or max(max(schedule), pre.size), fit=Fit.STRETCH)
     progress = d.main and not cfg.quiet
     train_data = read_image_folder(root / "train", train_pre, cache_dir=cache_dir, progress=progress)
-    soft = teacher_logits(train_data, cache_dir, progress) if cfg.teacher else None
+    teacher = CropTeacher(train_data.classes, pre, device) if cfg.teacher and cfg.kd_consistent else None
+    soft = teacher_logits(train_data, cache_dir, progress) if cfg.teacher and teacher is None else None
     if cfg.dev_fraction > 0:
         train_idx, dev_idx = dev_split(train_data.labels, cfg.dev_fraction, cfg.seed)
     else:
@@ -615,7 +641,7 @@ def _load_data(cfg: TrainConfig, d: Dist, device: torch.device, schedule: list[i
     elif not cfg.no_val and d.main:
         print(f"warning: {root / 'val'} not found: no evaluation during training; measure the "
               "checkpoint later with `vtviz evaluate MODEL --data VAL --record`", file=sys.stderr)
-    return _Data(train_data, train_idx, dev_idx, val, None if soft is None else soft.to(device), pre)
+    return _Data(train_data, train_idx, dev_idx, val, None if soft is None else soft.to(device), pre, teacher)
 
 
 def _build(cfg: TrainConfig, data: _Data, d: Dist) -> tuple[Model, ModelConfig, dict[str, Any] | None]:
@@ -697,16 +723,18 @@ def _make_loop(cfg: TrainConfig, model: Model, data: _Data, d: Dist, device: tor
     return loop
 
 
-def _train_step(cfg: TrainConfig, loop: _Loop, data: _Data, x: Tensor, y: Tensor, idx: Tensor,
+def _train_step(cfg: TrainConfig, loop: _Loop, x: Tensor, y: Tensor, soft: Tensor | None,
                 device: torch.device) -> Tensor:
-    """One optimisation step; returns [loss, correct, diversity, balance, border] (summed)."""
+    """One optimisation step on ``x`` ``[B, 3, S, S]`` with labels ``y`` ``[B]`` and teacher
+    logits ``soft`` ``[B, classes]`` (or None); returns [loss, correct, diversity, balance,
+    border] (summed)."""
     with autocast_for(device, None if cfg.amp else False):
         logits, layers, map_size = loop.objective(x)
     logits = logits.float()
     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-    if data.soft is not None:
+    if soft is not None:
         t = cfg.kd_temperature
-        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(data.soft[idx] / t, -1),
+        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(soft / t, -1),
                       reduction="batchmean", log_target=True) * t * t
         loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
     div = diversity_penalty([o.attention for o in layers]).to(loss.device)
@@ -760,7 +788,9 @@ def _run_epoch(cfg: TrainConfig, loop: _Loop, data: _Data, d: Dist, device: torc
             group["lr"] = cfg.lr * _lr_factor(step, loop.total_steps, loop.warmup)
         if cfg.anneal_static:
             _set_static_gain(loop.model, max(0.0, 1 - step / (cfg.anneal_static * loop.steps_per_epoch)))
-        sums += _train_step(cfg, loop, data, x, labels[idx], idx, device)
+        soft = (data.teacher(x) if data.teacher is not None
+                else data.soft[idx] if data.soft is not None else None)
+        sums += _train_step(cfg, loop, x, labels[idx], soft, device)
         seen += len(idx)
         if not bar.disable and (i % 20 == 19 or i == loop.steps_per_epoch - 1):
             m = (sums / seen).tolist()
@@ -951,6 +981,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", choices=["efficientnet-lite0"], default=None)
     p.add_argument("--kd-weight", type=float, default=0.7)
     p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.add_argument("--kd-consistent", action="store_true",
+                   help="run the teacher on each augmented crop (instead of cached whole-photo logits)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision where the hardware has it")
     p.add_argument("--half", action="store_true", help="store the checkpoint in float16")
