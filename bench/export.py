@@ -8,7 +8,7 @@ Prints, measured in one run on the same images, model and machine load:
   peak resident memory of exporting one 24 MP photo, and one 0.06 MP photo (a fresh process
   each, decoding in the process so that its peak is the whole footprint)   (target <= 1.5 GiB).
 
-    python bench/export.py [--model vt-r18-imagenette] [--images 64] [--data FOLDER]
+    python bench/export.py [--model vt-r18-imagenette] [--images 256] [--data FOLDER] [--no-memory]
 
 Images: FOLDER (default: ../shared/datasets/imagenette/val when present, else photos shipped
 with scikit-image). Model: a bundled model.
@@ -115,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="vt-r18-imagenette")
     parser.add_argument("--data", default=None)
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="decode-and-draw processes")
     parser.add_argument("--writers", type=int, default=2, help="drawing threads (the memory child: no workers)")

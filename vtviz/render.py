@@ -507,10 +507,12 @@ def fit_size(shape: tuple[int, int], size: int | None) -> tuple[int, int]:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an RGB uint8 image to (H, W) (area when shrinking, linear when enlarging)."""
+    """Resize an RGB uint8 image to (H, W): pixel-area averaging when shrinking to half or less
+    (no aliasing), else bilinear (area averaging at fractional factors costs ~7x more for no
+    visible gain)."""
     if image.shape[:2] == tuple(size):
         return image
-    shrink = size[0] < image.shape[0]
+    shrink = 2 * size[0] <= image.shape[0] and 2 * size[1] <= image.shape[1]
     return cv2.resize(image, (size[1], size[0]),
                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
