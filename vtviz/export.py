@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import multiprocessing.context
 import os
+import pickle
 import signal
 import threading
 import time
@@ -280,9 +281,21 @@ def _stop_pool(pool: ProcessPoolExecutor, finished: bool) -> None:
         pool.shutdown(wait=True)
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    # the pipes' ends this process holds (the pool forgets them at shutdown)
+    ends = [getattr(getattr(pool, queue, None), end, None)
+            for queue, end in (("_result_queue", "_writer"), ("_call_queue", "_reader"))]
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         proc.kill()
+    for proc in processes:
+        proc.join(timeout=5)
+    # A worker killed in the middle of sending a result leaves half a message, which the pool's
+    # manager thread would wait for forever (and the interpreter joins that thread at exit), and
+    # the feeder thread can block sending a job to no one: with the workers gone, closing our
+    # ends of the two pipes turns both waits into end-of-file errors the pool handles quietly.
+    for conn in ends:
+        if conn is not None:
+            conn.close()
 
 
 def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: ProcessPoolExecutor | None,
@@ -364,6 +377,13 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
         arrays = views.raw_arrays(one, names=[item.path.name], model=model_name)
         atomic_write(out_dir / record["raw"], views.npz_bytes(arrays))
     return record
+
+
+def _render_packed(job: bytes) -> dict[str, Any]:
+    """:func:`_render_one` of a job pickled by the exporter. Tensors travel inside plain pickle
+    bytes: handed to the pool as they are, torch would share each through a file descriptor
+    served by a listener thread, which prints a traceback when a stopped export kills workers."""
+    return _render_one(*pickle.loads(job))
 
 
 # --------------------------------------------------------------------------- driver
@@ -468,8 +488,9 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
                 why = None if cm is None else (class_title(cm, j, meta.classes), class_panels(cm, j))
-                pending.append(pool.submit(_render_one, item, maps.select(j), meta.classes, options, out, ood,
-                                           summary.model, fingerprint, why))
+                job = (item, maps.select(j), meta.classes, options, out, ood, summary.model, fingerprint, why)
+                pending.append(pool.submit(_render_packed, pickle.dumps(job)) if procs is not None
+                               else pool.submit(_render_one, *job))
             batch.clear()
             drain(in_flight)
 
