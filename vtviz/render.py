@@ -296,7 +296,11 @@ def mass_thresholds(maps: np.ndarray, mass: float, bins: int = 1024) -> np.ndarr
     scale = np.where(top > 0, (bins - 1) / np.maximum(top, 1e-30), 0).astype(np.float32)
     q = (v * scale[:, None]).astype(np.int32)
     q += (np.arange(len(v), dtype=np.int32) * bins)[:, None]
-    hist = np.bincount(q.ravel(), weights=v.ravel(), minlength=len(v) * bins).reshape(len(v), bins)
+    # each level's mass as its count times its centre (within 1/(2 bins) of the max per pixel;
+    # counting is ~15x faster than a weighted bincount); level 0 takes the exact remainder
+    hist = np.bincount(q.ravel(), minlength=len(v) * bins).reshape(len(v), bins) * (
+        (np.arange(bins, dtype=np.float64) + 0.5) / np.where(scale > 0, scale, 1)[:, None])
+    hist[:, 0] = np.maximum(v.sum(1, dtype=np.float64) - hist[:, 1:].sum(1), 0)
     from_top = np.cumsum(hist[:, ::-1], axis=1)  # mass at or above each level, highest first
     total = from_top[:, -1]
     k = np.minimum((from_top < (mass * total)[:, None]).sum(1), bins - 1)  # levels needed, minus one
@@ -334,17 +338,32 @@ def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.55,
     """
     img = np.asarray(image)
     w = resize_map(weights, img.shape[:2])
-    owner = w.argmax(0)
-    color = palette[owner % len(palette)].astype(np.float32)
-    a = np.full(owner.shape + (1,), alpha, np.float32)
-    if mask is not None:
-        a *= np.asarray(mask, np.float32)[..., None]
-    out = np.rint(img.astype(np.float32) * (1 - a) + color * a).astype(np.uint8)
+    owner = owners(w)
+    color = palette[owner % len(palette)]
+    if mask is None:
+        out = cv2.addWeighted(img, 1 - alpha, color, alpha, 0.0)
+    else:
+        a = np.asarray(mask, np.float32) * np.float32(alpha)
+        out = cv2.blendLinear(color, np.ascontiguousarray(img), a, 1 - a)
     edges = np.zeros(owner.shape, bool)
     edges[:, 1:] |= owner[:, 1:] != owner[:, :-1]
     edges[1:, :] |= owner[1:, :] != owner[:-1, :]
     out[edges] = (out[edges] * 0.3).astype(np.uint8)
     return out
+
+
+def owners(weights: np.ndarray) -> np.ndarray:
+    """Index of the largest of ``weights`` ``[L, H, W]`` at each pixel (the first on ties) ->
+    ``[H, W]`` int64; as ``argmax(0)``, in L contiguous passes instead of a strided reduction
+    (~4x faster on a photo-sized stack)."""
+    w = np.asarray(weights)
+    best = w[0].copy()
+    owner = np.zeros(best.shape, np.int64)
+    for k in range(1, len(w)):
+        better = w[k] > best
+        owner[better] = k
+        np.maximum(best, w[k], out=best)
+    return owner
 
 
 # --------------------------------------------------------------------------- text, grids
