@@ -149,3 +149,13 @@ def test_mass_thresholds_hold_the_mass_on_smooth_and_peaked_maps():
         spike = peaked[0] >= levels[-2]  # the 4x4 spike holds 56%: the smallest region holding 30-50%
         assert spike.sum() == (16 if mass <= 0.5 else spike.size)
         assert np.isinf(levels[-1])
+
+
+def test_mass_threshold_of_flat_topped_maps_keeps_the_top():
+    """A map whose maximum holds the mass: the threshold is that maximum, not a hair above it."""
+    a = np.full((3, 8, 8), 1e-3, np.float32)
+    a[:, ::2, ::2] = 1.0
+    a /= a.sum((1, 2), keepdims=True)
+    levels = render.mass_thresholds(a, 0.5)
+    assert all((m >= t).sum() == 16 for m, t in zip(a, levels))
+    np.testing.assert_array_equal(render.region_pieces(a), [16, 16, 16])

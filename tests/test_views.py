@@ -210,3 +210,23 @@ def test_npz_download_stands_on_its_own():
         assert (a.assignment is None) == (b.assignment is None)
     with pytest.raises(ValueError, match="not a vtviz maps file"):
         read_maps_npz(views.npz_bytes({"x": np.zeros(2)}))
+
+
+def test_constellation_says_when_token_regions_are_fragmented():
+    """Maps spread over many separate cells get a note under the title; one-cell maps do not."""
+    res = _result(1)
+    att = torch.full((1, L, 8, 8), 1e-3)
+    att[0, :, ::2, ::2] = 1.0  # 16 separate cells per token
+    layer = dataclasses.replace(res.maps.layers[0], attention=att / att.sum((-2, -1), keepdim=True))
+    spread = dataclasses.replace(res, maps=dataclasses.replace(res.maps, layers=(layer, res.maps.layers[1])))
+    assert render_pieces(att[0]) >= 8
+    plain = views.constellation_view(res, 0, 0, size=64)
+    noted = views.constellation_view(spread, 0, 0, size=64)
+    assert noted.shape[0] == plain.shape[0] + 18  # one more text line
+    assert (noted[18:36] < 100).any() and (plain[18:36] != noted[18:36]).any()  # written, under the title
+
+
+def render_pieces(maps: torch.Tensor) -> float:
+    from vtviz.render import region_pieces
+
+    return float(region_pieces(maps.numpy()).mean())

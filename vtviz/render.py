@@ -306,8 +306,21 @@ def mass_thresholds(maps: np.ndarray, mass: float, bins: int = 1024) -> np.ndarr
     k = np.minimum((from_top < (mass * total)[:, None]).sum(1), bins - 1)  # levels needed, minus one
     level = bins - 1 - k
     t = level.astype(np.float64) / np.where(scale > 0, scale, 1)
+    t = np.minimum(t, top)  # float rounding must not lift the top level above the maximum itself
     t[total <= 0] = np.inf
     return t
+
+
+def region_pieces(maps: np.ndarray, mass: float = 0.5) -> np.ndarray:
+    """Number of separate pieces (8-connected) of each map's ``mass`` region, ``[N, h, w]`` ->
+    ``[N]`` int (0 for an all-zero map). On token grids: how fragmented each token's region is."""
+    maps = np.asarray(maps, np.float32)
+    levels = mass_thresholds(maps, mass)
+    out = np.zeros(len(maps), np.int64)
+    for k, (m, t) in enumerate(zip(maps, levels)):
+        if np.isfinite(t):
+            out[k] = cv2.connectedComponents((m >= t).astype(np.uint8), connectivity=8)[0] - 1
+    return out
 
 
 def mass_region(map2d: np.ndarray, mass: float = 0.5) -> np.ndarray:

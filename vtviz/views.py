@@ -283,7 +283,8 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     """All tokens of one image at once: each token's 50%-mass region in its own colour
     (:data:`vtviz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
     photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
-    prediction and a colour legend frame it. RGB uint8."""
+    prediction and a colour legend frame it; when the regions are fragmented (``FRAGMENTED``
+    pieces per token or more, on the token grid) a line under the title says so. RGB uint8."""
     la = result.maps.layers[layer]
     toks = list(range(la.num_tokens)) if tokens is None else [t for t in tokens if t < la.num_tokens]
     src = result.images[image]
@@ -296,7 +297,17 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
     leg = render.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
+    pieces = float(render.region_pieces(la.attention[image, toks].float().cpu().numpy()).mean()) if toks else 0.0
+    if pieces >= FRAGMENTED:  # say on the view why it is a tangle
+        note = f"spread-out maps: {pieces:.1f} pieces per token (see them one by one in the grid)"
+        return render.stack_vertical([title, render.text_strip(note, hw[1], size=11), pic, leg])
     return render.stack_vertical([title, pic, leg])
+
+
+#: Mean pieces per token region (on the token grid) from which the all-tokens view says its
+#: regions are fragmented: on Imagenette val photos, focused layers average 1.6-3.5 pieces, the
+#: filter-only models' spread-out layers 3.9-7.2.
+FRAGMENTED = 4.0
 
 
 def class_map_view(image: np.ndarray, geometry: Geometry, panels: Sequence[tuple[str, Tensor]], title: str,
