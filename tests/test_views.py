@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vtviz import views
+from vtviz import render, views
 from vtviz.image import Geometry
 from vtviz.maps import ImageMaps, LayerMaps, Scale, TokenMaps
 from vtviz.render import Colormap
@@ -219,14 +219,8 @@ def test_constellation_says_when_token_regions_are_fragmented():
     att[0, :, ::2, ::2] = 1.0  # 16 separate cells per token
     layer = dataclasses.replace(res.maps.layers[0], attention=att / att.sum((-2, -1), keepdim=True))
     spread = dataclasses.replace(res, maps=dataclasses.replace(res.maps, layers=(layer, res.maps.layers[1])))
-    assert render_pieces(att[0]) >= 8
+    assert render.region_pieces(att[0].numpy()).mean() >= 8
     plain = views.constellation_view(res, 0, 0, size=64)
     noted = views.constellation_view(spread, 0, 0, size=64)
     assert noted.shape[0] == plain.shape[0] + 18  # one more text line
     assert (noted[18:36] < 100).any() and (plain[18:36] != noted[18:36]).any()  # written, under the title
-
-
-def render_pieces(maps: torch.Tensor) -> float:
-    from vtviz.render import region_pieces
-
-    return float(region_pieces(maps.numpy()).mean())
