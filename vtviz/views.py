@@ -297,11 +297,12 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
     leg = render.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
+    rows = [title, pic, leg]
     pieces = float(render.region_pieces(la.attention[image, toks].float().cpu().numpy()).mean()) if toks else 0.0
     if pieces >= FRAGMENTED:  # say on the view why it is a tangle
         note = f"spread-out maps: {pieces:.1f} pieces per token (see them one by one in the grid)"
-        return render.stack_vertical([title, render.text_strip(note, hw[1], size=11), pic, leg])
-    return render.stack_vertical([title, pic, leg])
+        rows.insert(1, render.text_strip(note, hw[1], size=11))
+    return render.stack_vertical(rows)
 
 
 #: Mean pieces per token region (on the token grid) from which the all-tokens view says its
