@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from .errors import ImageError, json_text
 from .explain import ood_scores, preprocess_for, token_maps
 from .faithful import class_maps, class_panels, class_title
 from .image import Geometry, Inputs, fit_image, load_image, scan_inputs, to_tensor
-from .maps import ImageMaps, Scale, TokenMaps, token_table
+from .maps import ImageMaps, Scale, TokenMaps, TokenStat, token_table
 from .meta import Fit, Preprocess
 from .render import Colormap
 from .runtime import cpu_threads_beside, model_device
@@ -320,11 +320,13 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: Process
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
                 out_dir: Path, ood: dict[str, Any] | None = None, model_name: str = "",
-                fingerprint: str = "", why: tuple[str, list[tuple[str, torch.Tensor]]] | None = None
-                ) -> dict[str, Any]:
+                fingerprint: str = "", why: tuple[str, list[tuple[str, torch.Tensor]]] | None = None,
+                stats: tuple[list[TokenStat], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Draw (through :func:`vtviz.views.image_pictures`), encode and write all outputs of one
     image whose maps are ``maps`` (batch of one); ``why``: the title and panels of its class
-    maps (:func:`vtviz.faithful.class_panels`). Returns its manifest record."""
+    maps (:func:`vtviz.faithful.class_panels`); ``stats``: its rows of the token table and its
+    diagnostics when already computed with its batch's (else computed here). Returns its
+    manifest record."""
     assert item.image is not None and item.geometry is not None
     folder = safe_name(item.path)
     one = ImageMaps([item.image], [item.geometry], maps, tuple(classes),
@@ -341,8 +343,8 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
     }
     if not torch.isfinite(maps.logits).all():
         record["warning"] = "the model's output holds NaN or infinite values (written as null)"
-    record["diagnostics"] = image_diagnostics(maps)[0]
-    table = token_table(maps, [item.geometry], layers)
+    table, record["diagnostics"] = stats or (token_table(maps, [item.geometry], layers),
+                                             image_diagnostics(maps)[0])
     pictures = {p.layer: p for p in views.image_pictures(
         one, 0, layers, opts.tokens, opts.render, opts.size, title=item.path.name,
         full_overlays=opts.overlays, partition=opts.overlays)} if opts.images else {}
@@ -481,14 +483,21 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             if not batch:
                 return
             x = to_tensor([b.fitted for b in batch], pre)  # type: ignore[misc]
+            for b in batch:
+                b.fitted = None  # the drawing needs the photo only: less to send to the workers
             maps = token_maps(model, x).cpu()
             cm = class_maps(model, x) if options.class_maps and options.images else None
             scores, threshold = ood_scores(model, maps)
+            # statistics of the whole batch at once (torch's per-call overhead once, not per image)
+            table = token_table(maps, [b.geometry for b in batch], options.layers)  # type: ignore[misc]
+            diagnostics = image_diagnostics(maps)
             for j, item in enumerate(batch):
                 ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
                 why = None if cm is None else (class_title(cm, j, meta.classes), class_panels(cm, j))
-                job = (item, maps.select(j), meta.classes, options, out, ood, summary.model, fingerprint, why)
+                rows = [replace(r, image=0) for r in table if r.image == j]
+                job = (item, maps.select(j), meta.classes, options, out, ood, summary.model, fingerprint, why,
+                       (rows, diagnostics[j]))
                 pending.append(pool.submit(_render_packed, pickle.dumps(job)) if procs is not None
                                else pool.submit(_render_one, *job))
             batch.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,30 +57,29 @@ TOKEN_COLORS: np.ndarray = np.array([
 
 def constellation(image: np.ndarray, maps: np.ndarray, labels: Sequence[str], mass: float = 0.5,
                   fill: float = 0.3, faint: Sequence[bool] | None = None,
-                  palette: np.ndarray = TOKEN_COLORS) -> np.ndarray:
+                  palette: np.ndarray = TOKEN_COLORS, regions: Regions | None = None) -> np.ndarray:
     """Every map at once on one (dimmed) photo: ``maps`` ``[L, H, W]`` at the image's size.
 
     Map ``k`` gets ``palette[k]``: its ``mass`` region lightly filled and outlined, and
     ``labels[k]`` written at its peak. ``faint[k]`` draws a map as a thin outline only (to
-    isolate the others). Returns RGB uint8 ``[H, W, 3]``.
+    isolate the others). ``regions``: the maps' regions already traced (:func:`trace_regions`,
+    at any size of the same photo), else traced here. Returns RGB uint8 ``[H, W, 3]``.
     """
     maps = np.asarray(maps)
-    levels = mass_thresholds(maps, mass)
-    out = np.asarray(image).astype(np.float32)
+    regions = regions or trace_regions(maps, mass)
+    canvas = np.array(image, np.uint8, copy=True)
+    pixels = canvas.reshape(-1, 3)
     for k in range(len(maps)):
         if faint is None or not faint[k]:
-            region = (maps[k] >= levels[k]).view(np.uint8)
-            x, y, w, h = cv2.boundingRect(region)  # the regions are small: blend inside their box
-            sub, inside = out[y:y + h, x:x + w], region[y:y + h, x:x + w].view(bool)
-            sub[inside] = sub[inside] * (1 - fill) + palette[k % len(palette)].astype(np.float32) * fill
-    canvas = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            inside = np.flatnonzero(maps[k] >= regions.levels[k])  # a region holds a few % of the pixels
+            mixed = pixels[inside] * np.float32(1 - fill) + palette[k % len(palette)].astype(np.float32) * fill
+            pixels[inside] = np.rint(mixed).astype(np.uint8)
     thick = max(1, round(min(canvas.shape[:2]) / 200))
-    for k in range(len(maps)):
+    for k, polys in enumerate(regions.outlines(canvas.shape[:2])):
         color = tuple(int(c) for c in palette[k % len(palette)])
         weak = faint is not None and faint[k]
-        polys = region_outline(maps[k], levels[k])
-        if not weak:
-            cv2.polylines(canvas, polys, True, (0, 0, 0), thick + 2, cv2.LINE_AA, OUTLINE_SHIFT)
+        if not weak:  # a dark halo (its edge need not be antialiased: ~4x cheaper)
+            cv2.polylines(canvas, polys, True, (0, 0, 0), thick + 2, cv2.LINE_8, OUTLINE_SHIFT)
         cv2.polylines(canvas, polys, True, color, 1 if weak else thick, cv2.LINE_AA, OUTLINE_SHIFT)
     peaks = maps.reshape(len(maps), -1).argmax(1)
     for k, peak in enumerate(peaks):
@@ -90,37 +90,96 @@ def constellation(image: np.ndarray, maps: np.ndarray, labels: Sequence[str], ma
     return canvas
 
 
-#: Sub-pixel bits of the outlines of :func:`region_outline` (cv2's ``shift``).
+#: Sub-pixel bits of the outlines of :meth:`Regions.outlines` (cv2's ``shift``).
 OUTLINE_SHIFT = 3
+#: Samples across the shorter side on which :func:`trace_regions` traces a large map.
+TRACE_SAMPLES = 96
+
+
+@dataclass(frozen=True)
+class Regions:
+    """The mass regions of maps ``[N, H, W]`` of one photo, traced once, drawable at any size.
+
+    ``levels`` ``[N]``: the value at and above which a map's pixels form its region (inf for an
+    all-zero map); ``polygons``: per map, the outer contours of its region as float ``[n, 2]``
+    (x, y) pixel-centre coordinates on the traced maps' grid ``shape`` = (H, W). Maps of one photo
+    at other sizes (smooth resamplings) have their regions within a pixel or two of these.
+    """
+
+    levels: np.ndarray
+    polygons: tuple[tuple[np.ndarray, ...], ...]
+    shape: tuple[int, int]
+
+    def outlines(self, size: tuple[int, int]) -> list[list[np.ndarray]]:
+        """Each map's polygons on a picture of ``size`` = (H, W) of the same photo, as int32
+        ``[n, 1, 2]`` for ``cv2.polylines(..., shift=OUTLINE_SHIFT)``."""
+        sy, sx = size[0] / self.shape[0], size[1] / self.shape[1]
+        factor = np.array([sx, sy], np.float32) * (1 << OUTLINE_SHIFT)
+        offset = (factor - (1 << OUTLINE_SHIFT)) / 2  # pixel centres: (x + 0.5) * s - 0.5
+        return [[np.rint(p * factor + offset).astype(np.int32)[:, None] for p in polys]
+                for polys in self.polygons]
+
+
+def trace_regions(maps: np.ndarray, mass: float = 0.5, smooth: bool = False) -> Regions:
+    """The ``mass`` regions (the fewest pixels holding that share of each map's total:
+    :func:`mass_thresholds`) of maps ``[N, H, W]`` and their outlines.
+
+    Maps here are smooth resamplings of a token grid, so a large map's regions are traced on a
+    regular sub-grid (:data:`TRACE_SAMPLES` across its shorter side, several per token cell) and
+    the polygons are smoothed (two passes of a [1, 2, 1] filter along each, rounding the
+    sub-grid's steps): within a few pixels of the full-resolution outline, at a fraction of the
+    cost. A region the sub-grid misses is traced at full resolution. ``smooth`` smooths the
+    polygons of maps traced at full resolution too (maps to be drawn larger than they are).
+    """
+    maps = np.asarray(maps, np.float32)
+    return _trace(maps, mass_thresholds(maps, mass), smooth)
+
+
+def _trace(maps: np.ndarray, levels: np.ndarray, smooth: bool = False) -> Regions:
+    """:class:`Regions` of maps ``[N, H, W]`` above ``levels`` ``[N]`` (see :func:`trace_regions`)."""
+    step = max(1, min(maps.shape[-2:]) // TRACE_SAMPLES)
+    found: list[list[np.ndarray]] = []
+    rounded: list[bool] = []
+    for m, level in zip(maps, levels):
+        at = step
+        small = np.ascontiguousarray(m[::at, ::at] >= level).view(np.uint8)
+        if at > 1 and not small.any() and np.isfinite(level) and (m >= level).any():
+            at, small = 1, np.ascontiguousarray(m >= level).view(np.uint8)
+        sampled = at > 1 or smooth
+        contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE if sampled else cv2.CHAIN_APPROX_SIMPLE)
+        found.append([c[:, 0].astype(np.float32) * at for c in contours])
+        rounded.append(sampled)
+    polygons = _smooth_polygons([p if r else [] for p, r in zip(found, rounded)])
+    polygons = tuple(s if r else tuple(p) for s, p, r in zip(polygons, found, rounded))
+    return Regions(np.asarray(levels), polygons, (int(maps.shape[-2]), int(maps.shape[-1])))
+
+
+def _smooth_polygons(polygons: list[list[np.ndarray]]) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Each closed polygon ``[n, 2]`` filtered along itself with [1, 4, 6, 4, 1] / 16 (= [1, 2, 1]
+    / 4 twice), all polygons of all maps in one pass."""
+    flat = [p for polys in polygons for p in polys]
+    if not flat:
+        return tuple(() for _ in polygons)
+    lens = np.array([len(p) for p in flat])
+    starts = np.cumsum(lens) - lens
+    pts = np.concatenate(flat)
+    first, n = np.repeat(starts, lens), np.repeat(lens, lens)
+    local = np.arange(len(pts)) - first
+    smooth = sum(w * pts[first + (local + k) % n] for k, w in ((-2, 1), (-1, 4), (0, 6), (1, 4), (2, 1))) / 16
+    pieces = np.split(smooth.astype(np.float32), starts[1:])
+    out, i = [], 0
+    for polys in polygons:
+        out.append(tuple(pieces[i:i + len(polys)]))
+        i += len(polys)
+    return tuple(out)
 
 
 def region_outline(map2d: np.ndarray, level: float) -> list[np.ndarray]:
     """Outer contours of the region ``map2d >= level`` (``[H, W]``), for ``cv2.polylines`` with
-    ``shift=OUTLINE_SHIFT``. Maps here are smooth upsamplings of a token grid, so a large map's
-    region is traced on a regular sub-grid (~100 samples across its shorter side, several per
-    token cell), and the traced polygon is scaled back and smoothed (two passes of a [1, 2, 1]
-    filter along it, which rounds the sub-grid's steps): the full-resolution outline within a
-    few pixels, at a fraction of the cost. Falls back to full resolution when the sub-grid
-    misses a region that exists."""
-    step = max(1, min(map2d.shape) // 96)
-    small = np.ascontiguousarray(map2d[::step, ::step] >= level).view(np.uint8)
-    if step > 1 and not small.any() and np.isfinite(level) and (map2d >= level).any():
-        step, small = 1, np.ascontiguousarray(map2d >= level).view(np.uint8)
-    contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE if step > 1 else
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    if step == 1:
-        return [np.asarray(c, np.int32) * (1 << OUTLINE_SHIFT) for c in contours]
-    if not contours:
-        return []
-    # all polygons at once: each point with its two neighbours on either side along its own
-    # (closed) polygon, weighted [1, 4, 6, 4, 1] / 16 (= [1, 2, 1] / 4 twice)
-    lens = np.array([len(c) for c in contours])
-    starts = np.cumsum(lens) - lens
-    pts = np.concatenate(contours)[:, 0].astype(np.float32) * (step << OUTLINE_SHIFT)
-    first, n = np.repeat(starts, lens), np.repeat(lens, lens)
-    local = np.arange(len(pts)) - first
-    smooth = sum(w * pts[first + (local + k) % n] for k, w in ((-2, 1), (-1, 4), (0, 6), (1, 4), (2, 1)))
-    return np.split(np.rint(smooth / 16).astype(np.int32)[:, None], starts[1:])
+    ``shift=OUTLINE_SHIFT`` (traced as :func:`trace_regions` does)."""
+    m = np.asarray(map2d, np.float32)
+    return _trace(m[None], np.array([level], np.float32)).outlines(m.shape)[0]
 
 
 @lru_cache(maxsize=32)
@@ -176,7 +235,7 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
             alpha: float = 0.6, vmin: float | None = None, vmax: float | None = None,
             mask: np.ndarray | None = None, weighted: bool = True,
             contour: float | None = None, dim: float = 0.0, gamma: float = 1.0,
-            marker: bool = False) -> np.ndarray:
+            marker: bool = False, regions: Regions | None = None) -> np.ndarray:
     """Draw a map over an RGB image: ``[H, W, 3]`` uint8 and ``[h, w]`` float -> ``[H, W, 3]`` uint8.
 
     The map is resized to the image, scaled by ``vmin``/``vmax`` (default: its own range) and
@@ -185,7 +244,9 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
     a sharp map); otherwise a uniform ``alpha``. ``dim`` desaturates and darkens the photo
     underneath (:func:`dim_image`). Pixels outside ``mask`` (``[H, W]`` bool: what the network
     saw) keep the (dimmed) image. ``contour`` outlines the smallest region holding that share of
-    the map's mass (e.g. 0.5); ``marker`` rings the map's peak.
+    the map's mass (e.g. 0.5), or ``regions`` gives the regions outlined (traced beforehand,
+    e.g. once for several pictures of the photo: :func:`trace_regions`); ``marker`` rings the
+    map's peak.
     Also takes several maps ``[N, h, w]`` at once -> ``[N, H, W, 3]``.
     """
     img = np.asarray(image)
@@ -217,10 +278,12 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
         out[k] = cv2.blendLinear(color[k], img, a[k], 1 - a[k])
     out = out.reshape(level.shape + (3,))
     stack = raw if raw.ndim == 3 else raw[None]
-    levels = mass_thresholds(stack, contour) if contour is not None else None
+    if regions is None and contour is not None:
+        regions = trace_regions(stack, contour)
+    outlines = regions.outlines(img.shape[:2]) if regions is not None else None
     for i, (o, r) in enumerate(zip(out if out.ndim == 4 else out[None], stack)):
-        if levels is not None:
-            cv2.polylines(o, region_outline(r, levels[i]), True, (255, 255, 255),
+        if outlines is not None:
+            cv2.polylines(o, outlines[i], True, (255, 255, 255),
                           max(1, round(min(o.shape[:2]) / 150)), cv2.LINE_AA, OUTLINE_SHIFT)
         if marker:
             draw_peak_marker(o, r)

@@ -12,7 +12,7 @@ import io
 import re
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import Tensor
@@ -111,12 +111,14 @@ def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
     cell = cell or options.cell
     idx = list(range(len(result.images))) if images is None else list(images)
     unit, vmax = _scaled(result, layer, tokens, kind, options.scale, idx)
+    raw = select_maps(result.maps.layers[layer], kind)[list(idx)][:, list(tokens)]
     shape = shape or cell_shape([result.images[i] for i in idx], cell)
     out = np.full((len(idx), len(tokens), *shape, 3), 255, np.uint8)
     for n, i in enumerate(idx):
         base, (y0, x0, h, w) = _letterbox(result.images[i], shape)
+        regions = _regions(raw[n], result.geometries[i], options.contour)
         out[n, :, y0:y0 + h, x0:x0 + w] = _draw(base[y0:y0 + h, x0:x0 + w], unit[n],
-                                                result.geometries[i], options)
+                                                result.geometries[i], options, regions)
     return out, vmax
 
 
@@ -128,12 +130,27 @@ def _scaled(result: ImageMaps, layer: int, tokens: Sequence[int], kind: MapKind 
     return unit, float(hi.max()) if Scale(scale) in (Scale.SHARED, Scale.ABSOLUTE) else None
 
 
-def _draw(base: np.ndarray, unit: Tensor, geometry: Geometry, options: RenderOptions) -> np.ndarray:
-    """Overlays ``[T, H, W, 3]`` of unit maps ``[T, h, w]`` on ``base`` (the original, resized)."""
+def _draw(base: np.ndarray, unit: Tensor, geometry: Geometry, options: RenderOptions,
+          regions: render.Regions | None) -> np.ndarray:
+    """Overlays ``[T, H, W, 3]`` of unit maps ``[T, h, w]`` on ``base`` (the original, resized),
+    with ``regions`` outlined (:func:`_regions`)."""
     full, mask = maps_to_original(unit, geometry, base.shape[:2])
     return render.overlay(base, full.numpy(), options.colormap, options.alpha, vmin=0.0, vmax=1.0,
-                          mask=mask.numpy(), contour=options.contour, dim=options.dim,
-                          gamma=options.gamma, marker=options.marker)
+                          mask=mask.numpy(), dim=options.dim, gamma=options.gamma,
+                          marker=options.marker, regions=regions)
+
+
+def _regions(maps: Tensor, geometry: Geometry, mass: float | None) -> render.Regions | None:
+    """The ``mass`` regions of maps ``[T, h, w]`` (of the model's own values, so that every
+    picture of a token outlines the same region) on their photo, traced once on a coarse
+    sampling of it (:data:`vtviz.render.TRACE_SAMPLES` across its shorter side) for pictures of
+    any size; None when ``mass`` is None (no contours)."""
+    if mass is None:
+        return None
+    oh, ow = geometry.original_size
+    k = min(1.0, render.TRACE_SAMPLES / max(1, min(oh, ow)))
+    full, _ = maps_to_original(maps, geometry, (max(1, round(oh * k)), max(1, round(ow * k))))
+    return render.trace_regions(full.numpy(), mass, smooth=True)
 
 
 def _scale_footer(options: RenderOptions, vmax: float | None, length: int,
@@ -279,12 +296,14 @@ def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str
 
 def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequence[int] | None = None,
                        isolate: int | None = None, size: int = 448,
-                       options: RenderOptions = RenderOptions()) -> np.ndarray:
+                       options: RenderOptions = RenderOptions(),
+                       regions: render.Regions | None = None) -> np.ndarray:
     """All tokens of one image at once: each token's 50%-mass region in its own colour
     (:data:`vtviz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
     photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
     prediction and a colour legend frame it; when the regions are fragmented (``FRAGMENTED``
-    pieces per token or more, on the token grid) a line under the title says so. RGB uint8."""
+    pieces per token or more, on the token grid) a line under the title says so. ``regions``: those of
+    ``tokens`` traced beforehand (:func:`_regions` with :data:`ALL_TOKENS_MASS`). RGB uint8."""
     la = result.maps.layers[layer]
     toks = list(range(la.num_tokens)) if tokens is None else [t for t in tokens if t < la.num_tokens]
     src = result.images[image]
@@ -293,7 +312,9 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     full, _ = maps_to_original(la.attention[image, toks], result.geometries[image], hw)
     faint = None if isolate is None else [t != isolate for t in toks]
     palette = render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in toks]]
-    pic = render.constellation(base, full.numpy(), [str(t) for t in toks], faint=faint, palette=palette)
+    regions = regions or _regions(la.attention[image, toks], result.geometries[image], ALL_TOKENS_MASS)
+    pic = render.constellation(base, full.numpy(), [str(t) for t in toks], ALL_TOKENS_MASS, faint=faint,
+                               palette=palette, regions=regions)
     title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
     leg = render.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
@@ -305,6 +326,8 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     return render.stack_vertical(rows)
 
 
+#: Share of each token's attention mass inside the region the all-tokens view draws.
+ALL_TOKENS_MASS = 0.5
 #: Mean pieces per token region (on the token grid) from which the all-tokens view says its
 #: regions are fragmented: on Imagenette val photos, focused layers average 1.6-3.5 pieces, the
 #: filter-only models' spread-out layers 3.9-7.2.
@@ -322,7 +345,8 @@ def class_map_view(image: np.ndarray, geometry: Geometry, panels: Sequence[tuple
     for label, m in panels:
         m = m.float().clamp(min=0)
         unit = m / m.max().clamp(min=1e-12)
-        cells.append(render.labelled(_draw(base, unit[None], geometry, options)[0], label))
+        drawn = _draw(base, unit[None], geometry, options, _regions(m[None], geometry, options.contour))
+        cells.append(render.labelled(drawn[0], label))
     footer = render.colorbar(options.colormap, 0.0, 1.0, min(360, len(cells) * hw[1]),
                              label="class evidence: each map from 0 to its max (positive part only)",
                              alpha=options.alpha, gamma=options.gamma, dim=options.dim)
@@ -367,18 +391,24 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
     src = result.images[image]
     hw = render.fit_size(src.shape[:2], size) if size and max(src.shape[:2]) > size else src.shape[:2]
     draw_hw = hw if full_overlays or not sheets else render.fit_size(hw, min(SHEET_CELL, max(hw)))
-    base = render.resize_image(src, (draw_hw[0], draw_hw[1]))
+    base = render.dim_image(render.resize_image(src, (draw_hw[0], draw_hw[1])), options.dim)
+    flat = replace(options, dim=0.0)  # the photo is dimmed once for every layer
     out = []
     for li in picked:
         la = result.maps.layers[li]
         toks = tuple(t for t in (range(la.num_tokens) if tokens is None else tokens) if t < la.num_tokens)
         unit, _ = _scaled(result, li, toks, MapKind.ATTENTION, options.scale, [image])
-        drawn = _draw(base, unit[0], result.geometries[image], options)
+        # each token's region traced once, outlined alike in its overlay and the all-tokens view
+        geometry, raw = result.geometries[image], la.attention[image, list(toks)]
+        regions = _regions(raw, geometry, ALL_TOKENS_MASS) if sheets else None
+        drawn = _draw(base, unit[0], geometry, flat, regions if options.contour == ALL_TOKENS_MASS
+                      else _regions(raw, geometry, options.contour))
         grid = part = stars = None
         if sheets:
             grid = token_sheet(drawn, toks, f"{title} · {layer_label(li, la)}", options)
             part = partition_view(result, image, li, size=max(hw)) if partition else None
-            stars = constellation_view(result, image, li, toks, size=max(hw), options=options)
+            stars = constellation_view(result, image, li, toks, size=max(hw), options=options,
+                                       regions=regions)
         out.append(LayerPictures(li, la.kind, toks, drawn, grid, part, stars))
     return out
 
