@@ -17,6 +17,7 @@ from PIL import Image
 from tests.test_image import huge_png
 from vtviz.cli import main as cli
 from vtviz.export import TMP_SUFFIX, load_manifest, safe_name
+from vtviz.export import _decode as _real_decode
 from vtviz.maps import read_maps_npz
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -340,6 +341,44 @@ def test_decoded_photo_is_kept_at_the_largest_drawn_size(tmp_path):
     assert item.fitted is not None and item.fitted.shape == (64, 64, 3)
     full = _decode(0, p, Preprocess(size=64), display=None)
     assert full.image is not None and full.image.shape == (900, 1200, 3)
+
+
+INLINE_DECODES: list[int] = []
+
+
+def _decode_here(*args):  # noqa: ANN002, ANN202 (the exporter's _decode, counted in this process)
+    if INLINE_DECODES and os.getpid() == INLINE_DECODES[0]:
+        INLINE_DECODES.append(args[0])
+    return _real_decode(*args)
+
+
+def test_decoding_starts_inline_and_keeps_input_order_when_workers_join(tmp_path, monkeypatch):
+    """While the workers spawn, inputs are decoded in the exporter itself (the model need not
+    wait ~2 s for them); once they run, decoding moves to them; the order never changes."""
+    from vtviz import export as export_module
+    from vtviz.export import _decode, _decoded_stream, _stop_pool, _worker_pool
+    from vtviz.meta import Preprocess
+
+    INLINE_DECODES[:] = [os.getpid()]
+    monkeypatch.setattr(export_module, "_decode", _decode_here)
+
+    src = _photos(tmp_path / "in", 12)
+    jobs = list(enumerate(src))
+    pre = Preprocess(size=32)
+    pool = _worker_pool(1)
+    try:
+        stream = _decoded_stream(jobs, pre, pool, window=3, display=None, workers=1)
+        got = [next(stream) for _ in range(4)]  # decoded before the worker has started
+        assert pool.submit(os.getpid).result() != os.getpid()  # now it runs
+        got += list(stream)  # ... and decodes the rest
+    finally:
+        _stop_pool(pool, finished=True)
+    assert [d.index for d in got] == list(range(12))
+    inline = INLINE_DECODES[1:]
+    assert inline[:4] == [0, 1, 2, 3] and len(inline) < 12  # the first ones here, the rest in the worker
+    for d, (i, path) in zip(got, jobs):
+        alone = _decode(i, path, pre)
+        assert d.image is not None and alone.image is not None and np.array_equal(d.image, alone.image)
 
 
 def test_model_threads_leave_the_workers_their_cores():

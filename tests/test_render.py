@@ -159,3 +159,31 @@ def test_mass_threshold_of_flat_topped_maps_keeps_the_top():
     levels = render.mass_thresholds(a, 0.5)
     assert all((m >= t).sum() == 16 for m, t in zip(a, levels))
     np.testing.assert_array_equal(render.region_pieces(a), [16, 16, 16])
+
+
+def test_regions_traced_once_outline_the_region_at_every_size():
+    """Regions traced on a coarse resampling of smooth maps, drawn on pictures of other sizes,
+    follow each size's own full-resolution region boundary (what lets the exporter trace each
+    token once for its overlay and the all-tokens view)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    grid = rng.random((3, 14, 14)).astype(np.float32) ** 3
+    regions = render.trace_regions(render.resize_map(grid, (72, 96)), 0.5, smooth=True)
+    assert regions.shape == (72, 96) and regions.levels.shape == (3,)
+    for size in ((150, 200), (450, 600)):
+        maps = render.resize_map(grid, size)
+        tol = 2 * max(size) // 96 + 3  # a coarse sample and a bit
+        for m, level, polys in zip(maps, regions.levels, regions.outlines(size)):
+            drawn = np.zeros(size, np.uint8)
+            cv2.polylines(drawn, polys, True, 255, 1, cv2.LINE_8, render.OUTLINE_SHIFT)
+            region = (m >= level).astype(np.uint8)
+            edge = region - cv2.erode(region, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                                      borderValue=0)
+            kernel = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
+            near_edge = cv2.dilate(edge, kernel).astype(bool)
+            near_drawn = cv2.dilate(drawn, kernel).astype(bool)
+            assert drawn.any() and not (drawn.astype(bool) & ~near_edge).any()
+            assert near_drawn[edge.astype(bool)].mean() > 0.95  # slivers under one coarse sample may go
+            # the level found on the coarse maps holds half of this size's mass too
+            assert abs(m[m >= level].sum() / m.sum() - 0.5) < 0.03

@@ -299,23 +299,37 @@ def _stop_pool(pool: ProcessPoolExecutor, finished: bool) -> None:
 
 
 def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: ProcessPoolExecutor | None,
-                    window: int, display: int | None) -> Iterator[_Decoded]:
-    """Decode in input order (in ``pool``, or inline when None) with at most ``window`` images in flight."""
+                    window: int, display: int | None, workers: int = 0) -> Iterator[_Decoded]:
+    """Decode in input order (in ``pool``, or inline when None) with at most ``window`` images in
+    flight. Until the pool's ``workers`` have started (spawning one imports torch: ~2 s), inputs
+    are decoded inline, so that the model starts at once instead of waiting for them."""
     if pool is None:
         for index, path in jobs:
             yield _decode(index, path, pre, display)
         return
-    pending: deque[Future] = deque()
+    started = [pool.submit(os.getpid) for _ in range(workers)]
+    pending: deque[Future | _Decoded] = deque()
     it = iter(jobs)
-    for index, path in it:
-        pending.append(pool.submit(_decode, index, path, pre, display))
-        if len(pending) >= window:
-            break
-    while pending:
-        yield pending.popleft().result()
+
+    def more() -> bool:
         nxt = next(it, None)
-        if nxt is not None:
+        if nxt is None:
+            return False
+        if all(f.done() for f in started):
             pending.append(pool.submit(_decode, nxt[0], nxt[1], pre, display))
+        else:
+            pending.append(_decode(nxt[0], nxt[1], pre, display))
+        return True
+
+    while len(pending) < window and more():
+        if not isinstance(pending[-1], Future):
+            break  # decoded inline: hand it over at once
+    while pending:
+        head = pending.popleft()
+        yield head.result() if isinstance(head, Future) else head
+        while len(pending) < window and more():
+            if not isinstance(pending[-1], Future):
+                break
 
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
@@ -504,7 +518,7 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             drain(in_flight)
 
         try:
-            for item in _decoded_stream(todo, pre, procs, max(2 * batch_size, 4), options.size):
+            for item in _decoded_stream(todo, pre, procs, max(2 * batch_size, 4), options.size, workers):
                 if item.error:
                     drain(0)
                     write_record({"source": item.source, "status": "error", "error": item.error,
