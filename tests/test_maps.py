@@ -48,6 +48,10 @@ def test_token_maps_select_and_cpu(small_model):
     assert one.batch_size == 1
     torch.testing.assert_close(one.layers[0].attention[0], maps.layers[0].attention[1])
     assert one.cpu().layers[1].assignment is None
+    # a copy, not a view: it pickles at its own size (the exporter sends one image's maps to a worker)
+    import pickle
+
+    assert len(pickle.dumps(one)) < 0.5 * len(pickle.dumps(maps))
 
 
 def test_token_maps_rejects_plain_resnet():

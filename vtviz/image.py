@@ -239,10 +239,10 @@ def fit_image(img: np.ndarray, pre: Preprocess) -> tuple[np.ndarray, Geometry]:
 
 def to_tensor(images: Sequence[np.ndarray], pre: Preprocess) -> Tensor:
     """Stack fitted RGB uint8 ``[S, S, 3]`` images into a normalised ``[B, 3, S, S]`` float tensor."""
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()  # channels-last, as the model wants
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
-    return (batch - mean) / std
+    # (x / 255 - mean) / std in place, in two passes
+    return batch.mul_(1.0 / (255.0 * std)).sub_(torch.tensor(pre.mean).view(1, 3, 1, 1) / std)
 
 
 def prepare(images: Sequence[np.ndarray], pre: Preprocess) -> tuple[Tensor, list[Geometry]]:

@@ -89,10 +89,11 @@ class TokenMaps:
         return self.to("cpu")
 
     def select(self, index: int | slice | Sequence[int]) -> TokenMaps:
-        """The maps of some images of the batch (batch dimension kept)."""
+        """The maps of some images of the batch (batch dimension kept), as copies: they keep no
+        reference to the whole batch's memory (and pickle at their own size)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return _map_tensors(self, lambda t: t[index])
+        return _map_tensors(self, lambda t: t[index].clone())
 
     def __iter__(self) -> Iterator[LayerMaps]:
         return iter(self.layers)
