@@ -83,6 +83,20 @@ def test_overlays_zip_entries_are_named_like_the_exporter():
     assert img.size == (64, 64)  # the photo's own size, not a thumbnail
 
 
+def test_every_drawing_path_outlines_the_token_region():
+    """The outline is drawn whichever pictures are asked for: overlays alone (the ZIP), with the
+    sheets, and at a mass other than the all-tokens view's."""
+    res = _result()
+    plain = dataclasses.replace(_opts(Scale.PER_MAP), contour=None)
+    for sheets in (False, True):
+        for mass in (0.5, 0.8):
+            outlined = dataclasses.replace(plain, contour=mass)
+            (with_line,) = views.image_pictures(res, 0, [0], [0, 1], outlined, sheets=sheets)
+            (without,) = views.image_pictures(res, 0, [0], [0, 1], plain, sheets=sheets)
+            drawn = (with_line.overlays != without.overlays).any(-1)  # the outline is the only difference
+            assert 0 < drawn.mean() < 0.3, (sheets, mass)
+
+
 def test_assignment_on_a_layer_without_projector_falls_back_to_attention():
     res = _result()
     with pytest.raises(ValueError, match="no projector"):

@@ -400,9 +400,10 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
         unit, _ = _scaled(result, li, toks, MapKind.ATTENTION, options.scale, [image])
         # each token's region traced once, outlined alike in its overlay and the all-tokens view
         geometry, raw = result.geometries[image], la.attention[image, list(toks)]
-        regions = _regions(raw, geometry, ALL_TOKENS_MASS) if sheets else None
-        drawn = _draw(base, unit[0], geometry, flat, regions if options.contour == ALL_TOKENS_MASS
-                      else _regions(raw, geometry, options.contour))
+        outlined = _regions(raw, geometry, options.contour)  # None without contours
+        regions = (outlined if options.contour == ALL_TOKENS_MASS
+                   else _regions(raw, geometry, ALL_TOKENS_MASS) if sheets else None)
+        drawn = _draw(base, unit[0], geometry, flat, outlined)
         grid = part = stars = None
         if sheets:
             grid = token_sheet(drawn, toks, f"{title} · {layer_label(li, la)}", options)
