@@ -103,7 +103,7 @@ def test_labels_with_newlines_and_control_characters_draw():
     assert render.text_width("a\nb") == render.text_width("a b")
 
 
-def test_region_outline_follows_the_full_resolution_region():
+def test_traced_outline_follows_the_full_resolution_region():
     """Outlines traced on a sub-grid and smoothed stay within a few pixels of the region's
     full-resolution boundary, and a region smaller than the sub-grid is still outlined."""
     import cv2
@@ -111,9 +111,11 @@ def test_region_outline_follows_the_full_resolution_region():
     rng = np.random.default_rng(0)
     maps = render.resize_map(rng.random((4, 14, 14)).astype(np.float32) ** 3, (420, 560))
     for m in maps:
-        level = render.mass_threshold(m, 0.5)
+        regions = render.trace_regions(m[None], 0.5)
+        level = regions.levels[0]
+        assert level == render.mass_threshold(m, 0.5)
         drawn = np.zeros(m.shape, np.uint8)
-        cv2.polylines(drawn, render.region_outline(m, level), True, 255, 1, cv2.LINE_8, render.OUTLINE_SHIFT)
+        cv2.polylines(drawn, regions.outlines(m.shape)[0], True, 255, 1, cv2.LINE_8, render.OUTLINE_SHIFT)
         region = (m >= level).astype(np.uint8)
         edge = region - cv2.erode(region, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
                                   borderValue=0)  # a region cut by the picture's side ends there
@@ -122,9 +124,9 @@ def test_region_outline_follows_the_full_resolution_region():
         near_drawn = cv2.dilate(drawn, np.ones((11, 11), np.uint8)).astype(bool)
         assert drawn.any() and not (drawn.astype(bool) & ~near_edge).any()
         assert near_drawn[edge.astype(bool)].mean() > 0.99
-    spot = np.zeros((400, 400), np.float32)
-    spot[201, 203] = 1.0  # one pixel, between the sub-grid's samples
-    assert render.region_outline(spot, 0.5)
+    spot = np.zeros((600, 600), np.float32)
+    spot[205, 205] = 1.0  # one pixel: on the mass threshold's sampling (every 5th), off the tracing's (6th)
+    assert render.trace_regions(spot[None], 0.5).outlines(spot.shape)[0]
 
 
 def test_owners_equal_argmax_with_ties_first():

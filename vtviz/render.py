@@ -175,13 +175,6 @@ def _smooth_polygons(polygons: list[list[np.ndarray]]) -> tuple[tuple[np.ndarray
     return tuple(out)
 
 
-def region_outline(map2d: np.ndarray, level: float) -> list[np.ndarray]:
-    """Outer contours of the region ``map2d >= level`` (``[H, W]``), for ``cv2.polylines`` with
-    ``shift=OUTLINE_SHIFT`` (traced as :func:`trace_regions` does)."""
-    m = np.asarray(map2d, np.float32)
-    return _trace(m[None], np.array([level], np.float32)).outlines(m.shape)[0]
-
-
 @lru_cache(maxsize=32)
 def colormap_lut(colormap: Colormap | str) -> np.ndarray:
     """The 256 RGB colours of a colour map: ``[256, 3]`` uint8."""
