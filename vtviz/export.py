@@ -311,25 +311,23 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: Process
     pending: deque[Future | _Decoded] = deque()
     it = iter(jobs)
 
-    def more() -> bool:
-        nxt = next(it, None)
-        if nxt is None:
-            return False
-        if all(f.done() for f in started):
-            pending.append(pool.submit(_decode, nxt[0], nxt[1], pre, display))
-        else:
-            pending.append(_decode(nxt[0], nxt[1], pre, display))
-        return True
+    def fill() -> None:
+        """Top the window up; an input decoded inline ends it (it can be handed over at once)."""
+        while len(pending) < window:
+            nxt = next(it, None)
+            if nxt is None:
+                return
+            if all(f.done() for f in started):
+                pending.append(pool.submit(_decode, nxt[0], nxt[1], pre, display))
+            else:
+                pending.append(_decode(nxt[0], nxt[1], pre, display))
+                return
 
-    while len(pending) < window and more():
-        if not isinstance(pending[-1], Future):
-            break  # decoded inline: hand it over at once
+    fill()
     while pending:
         head = pending.popleft()
         yield head.result() if isinstance(head, Future) else head
-        while len(pending) < window and more():
-            if not isinstance(pending[-1], Future):
-                break
+        fill()
 
 
 def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
@@ -505,13 +503,15 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             # statistics of the whole batch at once (torch's per-call overhead once, not per image)
             table = token_table(maps, [b.geometry for b in batch], options.layers)  # type: ignore[misc]
             diagnostics = image_diagnostics(maps)
+            rows: list[list[TokenStat]] = [[] for _ in batch]
+            for r in table:
+                rows[r.image].append(replace(r, image=0))  # each image's rows, as a batch of one
             for j, item in enumerate(batch):
                 ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
                 why = None if cm is None else (class_title(cm, j, meta.classes), class_panels(cm, j))
-                rows = [replace(r, image=0) for r in table if r.image == j]
                 job = (item, maps.select(j), meta.classes, options, out, ood, summary.model, fingerprint, why,
-                       (rows, diagnostics[j]))
+                       (rows[j], diagnostics[j]))
                 pending.append(pool.submit(_render_packed, pickle.dumps(job)) if procs is not None
                                else pool.submit(_render_one, *job))
             batch.clear()
