@@ -132,11 +132,7 @@ def trace_regions(maps: np.ndarray, mass: float = 0.5, smooth: bool = False) -> 
     polygons of maps traced at full resolution too (maps to be drawn larger than they are).
     """
     maps = np.asarray(maps, np.float32)
-    return _trace(maps, mass_thresholds(maps, mass), smooth)
-
-
-def _trace(maps: np.ndarray, levels: np.ndarray, smooth: bool = False) -> Regions:
-    """:class:`Regions` of maps ``[N, H, W]`` above ``levels`` ``[N]`` (see :func:`trace_regions`)."""
+    levels = mass_thresholds(maps, mass)
     step = max(1, min(maps.shape[-2:]) // TRACE_SAMPLES)
     found: list[list[np.ndarray]] = []
     rounded: list[bool] = []
