@@ -246,7 +246,7 @@ def test_a_stopped_export_leaves_no_process(tmp_path, checkpoint, sig):
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
     else:  # one line, the conventional status, within a few seconds even on a busy 2-core machine
-        assert proc.returncode == 128 + sig and stopped < 5
+        assert proc.returncode == 128 + sig and stopped < 5, err
         assert err.strip().splitlines() == ["interrupted: rerun the same command to resume"]
 
 
@@ -313,11 +313,17 @@ def test_non_finite_output_is_strict_json(tmp_path, checkpoint):
     assert all(t["p"] is None for t in rec["top5"])
 
 
-def test_drawing_in_worker_processes_equals_inline(tmp_path, checkpoint):
-    """Workers decode and draw in other processes: the same files, byte for byte, as inline."""
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_drawing_in_worker_processes_equals_inline(tmp_path, checkpoint, monkeypatch, method):
+    """Workers decode and draw in other processes, forked (CPU) or spawned (with CUDA in use):
+    the same files, byte for byte, as inline."""
+    import multiprocessing
+
+    from vtviz import export as export_module
     from vtviz import load_model
     from vtviz.export import ExportOptions, export
 
+    monkeypatch.setattr(export_module, "_pool_context", lambda m=None: multiprocessing.get_context(method))
     src = _photos(tmp_path / "in", 5)
     model = load_model(checkpoint, device="cpu")
     inline, workers = tmp_path / "inline", tmp_path / "workers"
@@ -365,7 +371,7 @@ def test_decoding_starts_inline_and_keeps_input_order_when_workers_join(tmp_path
     src = _photos(tmp_path / "in", 12)
     jobs = list(enumerate(src))
     pre = Preprocess(size=32)
-    pool = _worker_pool(1)
+    pool = _worker_pool(1, "spawn")  # (forked workers start at once)
     try:
         stream = _decoded_stream(jobs, pre, pool, window=3, display=None, workers=1)
         got = [next(stream) for _ in range(4)]  # decoded before the worker has started
@@ -379,6 +385,33 @@ def test_decoding_starts_inline_and_keeps_input_order_when_workers_join(tmp_path
     for d, (i, path) in zip(got, jobs):
         alone = _decode(i, path, pre)
         assert d.image is not None and alone.image is not None and np.array_equal(d.image, alone.image)
+
+
+FORK_AFTER_THREADS = """
+import sys
+import cv2, numpy as np, torch
+from vtviz import load_model
+from vtviz.export import ExportOptions, export
+cv2.setNumThreads(2); torch.set_num_threads(2)
+for _ in range(5):  # both thread pools at work in the parent, as in a notebook or the app
+    cv2.GaussianBlur(np.zeros((1500, 1500, 3), np.float32), (31, 31), 5)
+    torch.nn.functional.conv2d(torch.randn(4, 32, 64, 64), torch.randn(32, 32, 3, 3))
+model = load_model(sys.argv[1], device="cpu")
+summary = export(model, sys.argv[3:], sys.argv[2], ExportOptions(), workers=2, batch_size=2, progress=False)
+assert summary.exported == len(sys.argv) - 3, summary
+print("exported", summary.exported)
+"""
+
+
+def test_forked_workers_start_after_the_parent_used_its_thread_pools(tmp_path, checkpoint):
+    """Workers forked from a process whose OpenCV and torch thread pools have run (a notebook,
+    the app) do not hang (a forked child resizing OpenCV's pool, or running torch with the
+    parent's OpenMP threads, does) and export every photo."""
+    src = _photos(tmp_path / "in", 4)
+    env = {k: v for k, v in ENV.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_THREADS, str(checkpoint), str(tmp_path / "out"),
+                           *map(str, src)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "exported 4" in done.stdout, done.stderr
 
 
 def test_model_threads_leave_the_workers_their_cores():

@@ -189,3 +189,37 @@ def test_regions_traced_once_outline_the_region_at_every_size():
             assert near_drawn[edge.astype(bool)].mean() > 0.95  # slivers under one coarse sample may go
             # the level found on the coarse maps holds half of this size's mass too
             assert abs(m[m >= level].sum() / m.sum() - 0.5) < 0.03
+
+
+def test_constellation_fills_each_region_and_labels_its_peak_at_any_size():
+    """The all-tokens picture drawn from regions traced once on a coarse grid: at a picture 8x
+    larger each token's tint covers its full-resolution region (within the outline's width) and
+    its label sits at its peak, without resampling any map to the picture."""
+    grid = np.full((2, 14, 14), 1e-3, np.float32)
+    grid[0, 3:5, 2:5], grid[1, 9:12, 9:11] = 1.0, 1.0  # two separate blobs
+    coarse = render.resize_map(grid, (70, 70))
+    regions = render.trace_regions(coarse, 0.5, smooth=True)
+    size = (560, 560)
+    base = np.full((*size, 3), 128, np.uint8)
+    pic = render.constellation(base, regions, ["0", "1"], fill=0.3, palette=render.TOKEN_COLORS)
+    full = render.resize_map(grid, size)
+    for k in range(2):
+        tint = np.rint(128 * 0.7 + render.TOKEN_COLORS[k].astype(float) * 0.3)
+        tinted = (np.abs(pic.astype(float) - tint) <= 1).all(-1)
+        region = full[k] >= render.mass_threshold(full[k], 0.5)
+        inner = cv2.erode(region.astype(np.uint8), np.ones((21, 21), np.uint8)).astype(bool)
+        assert tinted[inner].mean() > 0.9  # inside: tinted (bar the label and outline)
+        assert not (tinted & ~cv2.dilate(region.astype(np.uint8), np.ones((21, 21), np.uint8)).astype(bool)).any()
+    (x0, y0), (x1, y1) = regions.points(size)
+    assert 80 <= x0 <= 200 and 120 <= y0 <= 200 and 360 <= x1 <= 440 and 360 <= y1 <= 480
+    assert regions.points((70, 70)) == [tuple(int(v) for v in p) for p in regions.peaks]
+
+
+def test_dim_image_is_the_documented_mix():
+    """Dimming (one colour transform) = (img * (1 - a) + grey * a) * (1 - 0.55 a), within 1 level."""
+    img = np.random.default_rng(5).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for a in (0.0, 0.3, 1.0):
+        f = img.astype(np.float64)
+        grey = f @ np.array([0.299, 0.587, 0.114])
+        want = np.clip(np.rint((f * (1 - a) + grey[..., None] * a) * (1 - 0.55 * a)), 0, 255)
+        assert np.abs(render.dim_image(img, a).astype(float) - want).max() <= 1

@@ -145,8 +145,11 @@ def _regions(maps: Tensor, geometry: Geometry, mass: float | None) -> render.Reg
     picture of a token outlines the same region) on their photo, traced once on a coarse
     sampling of it (:data:`vtviz.render.TRACE_SAMPLES` across its shorter side) for pictures of
     any size; None when ``mass`` is None (no contours)."""
-    if mass is None:
-        return None
+    return None if mass is None else _traced(maps, geometry, mass)
+
+
+def _traced(maps: Tensor, geometry: Geometry, mass: float) -> render.Regions:
+    """:func:`_regions` at a given ``mass``."""
     oh, ow = geometry.original_size
     k = min(1.0, render.TRACE_SAMPLES / max(1, min(oh, ow)))
     full, _ = maps_to_original(maps, geometry, (max(1, round(oh * k)), max(1, round(ow * k))))
@@ -297,24 +300,24 @@ def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str
 def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequence[int] | None = None,
                        isolate: int | None = None, size: int = 448,
                        options: RenderOptions = RenderOptions(),
-                       regions: render.Regions | None = None) -> np.ndarray:
+                       regions: render.Regions | None = None, base: np.ndarray | None = None) -> np.ndarray:
     """All tokens of one image at once: each token's 50%-mass region in its own colour
     (:data:`vtviz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
     photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
     prediction and a colour legend frame it; when the regions are fragmented (``FRAGMENTED``
     pieces per token or more, on the token grid) a line under the title says so. ``regions``: those of
-    ``tokens`` traced beforehand (:func:`_regions` with :data:`ALL_TOKENS_MASS`). RGB uint8."""
+    ``tokens`` traced beforehand (:func:`_regions` with :data:`ALL_TOKENS_MASS`); ``base``: the
+    photo already at this size and dimmed (e.g. shared by several layers). RGB uint8."""
     la = result.maps.layers[layer]
     toks = list(range(la.num_tokens)) if tokens is None else [t for t in tokens if t < la.num_tokens]
     src = result.images[image]
     hw = render.fit_size(src.shape[:2], size)
-    base = render.dim_image(render.resize_image(src, hw), options.dim)
-    full, _ = maps_to_original(la.attention[image, toks], result.geometries[image], hw)
+    if base is None or base.shape[:2] != hw:
+        base = render.dim_image(render.resize_image(src, hw), options.dim)
     faint = None if isolate is None else [t != isolate for t in toks]
     palette = render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in toks]]
-    regions = regions or _regions(la.attention[image, toks], result.geometries[image], ALL_TOKENS_MASS)
-    pic = render.constellation(base, full.numpy(), [str(t) for t in toks], ALL_TOKENS_MASS, faint=faint,
-                               palette=palette, regions=regions)
+    regions = regions or _traced(la.attention[image, toks], result.geometries[image], ALL_TOKENS_MASS)
+    pic = render.constellation(base, regions, [str(t) for t in toks], faint=faint, palette=palette)
     title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
     leg = render.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
@@ -392,6 +395,9 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
     hw = render.fit_size(src.shape[:2], size) if size and max(src.shape[:2]) > size else src.shape[:2]
     draw_hw = hw if full_overlays or not sheets else render.fit_size(hw, min(SHEET_CELL, max(hw)))
     base = render.dim_image(render.resize_image(src, (draw_hw[0], draw_hw[1])), options.dim)
+    stars_hw = render.fit_size(src.shape[:2], max(hw))  # the all-tokens view's photo, once for all layers
+    stars_base = base if stars_hw == base.shape[:2] else (
+        render.dim_image(render.resize_image(src, stars_hw), options.dim) if sheets else None)
     flat = replace(options, dim=0.0)  # the photo is dimmed once for every layer
     out = []
     for li in picked:
@@ -409,7 +415,7 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
             grid = token_sheet(drawn, toks, f"{title} · {layer_label(li, la)}", options)
             part = partition_view(result, image, li, size=max(hw)) if partition else None
             stars = constellation_view(result, image, li, toks, size=max(hw), options=options,
-                                       regions=regions)
+                                       regions=regions, base=stars_base)
         out.append(LayerPictures(li, la.kind, toks, drawn, grid, part, stars))
     return out
 
