@@ -3,13 +3,15 @@
 Prints, measured in one run on the same images, model and machine load:
   plain forward throughput (images/s, batch of preprocessed tensors, the model's precision);
   full `vtviz export` throughput with the default outputs (per layer: token grid, all-tokens
-  view, partition; maps.npz) and with every per-token overlay as well (--overlays);
+  view; maps.npz) and with every per-token overlay and the partition as well (--overlays);
   export efficiency = export / forward                 (targets: >= 0.5 default, >= 0.2 overlays);
+  the same with default outputs for 12 MP JPEGs (phone photos; no target: decoding and drawing
+  grow with the photo while the model's work does not);
   peak resident memory of exporting one 24 MP photo, and one 0.06 MP photo (a fresh process
   each, decoding in the process so that its peak is the whole footprint)   (target <= 1.5 GiB).
 
     python bench/export.py [--model vt-r18-imagenette] [--images 256] [--data FOLDER] [--no-memory]
-        [--out-root FOLDER]
+        [--out-root FOLDER] [--large 32]
 
 Also prints what creating one new file costs in the output's file system (CPU time: on some
 virtual disks a new inode costs ~0.7 ms, which the exporter pays per output file and folder).
@@ -75,18 +77,30 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def photo(folder: Path, width: int = 6000, height: int = 4000) -> Path:
+def photo(folder: Path, width: int = 6000, height: int = 4000, name: str = "astronaut") -> Path:
     """A JPEG (default 6000x4000: 24 MP) made from a photo scikit-image ships (resized, with fine noise)."""
     import cv2
     import skimage.data as sk
 
-    img = cv2.resize(sk.astronaut(), (width, height), interpolation=cv2.INTER_CUBIC)
+    img = cv2.resize(getattr(sk, name)()[..., :3], (width, height), interpolation=cv2.INTER_CUBIC)
     rng = np.random.default_rng(0)
     img = np.clip(img.astype(np.int16) + rng.integers(-8, 9, img.shape, dtype=np.int16), 0, 255)
-    path = folder / f"photo-{width}x{height}.jpg"
+    path = folder / f"{name}-{width}x{height}.jpg"
     cv2.imwrite(str(path), cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_JPEG_QUALITY, 92])
     return path
+
+
+def camera_photos(folder: Path, n: int) -> list[Path]:
+    """``n`` JPEGs of 12 MP (4000x3000, as phones take them): four of scikit-image's photos, each
+    copied under several names."""
+    made = [photo(folder, 4000, 3000, name) for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    paths = []
+    for i in range(n):
+        path = folder / f"copy{i:03d}-{made[i % len(made)].name}"
+        shutil.copyfile(made[i % len(made)], path)
+        paths.append(path)
+    return paths
 
 
 def rss_child(args: argparse.Namespace) -> None:
@@ -124,6 +138,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="decode-and-draw processes")
     parser.add_argument("--writers", type=int, default=2, help="drawing threads (the memory child: no workers)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--large", type=int, default=32, help="12 MP photos exported too (0: none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-memory", action="store_true", help="skip the 24 MP memory measurement")
     parser.add_argument("--out-root", default=None, help="folder for the exports' output (default: the temp dir)")
@@ -147,22 +162,29 @@ def main() -> None:
             for x in batches:
                 model(x)
 
-    def run_export(options: ExportOptions) -> None:
+    def run_export(options: ExportOptions, inputs: list[Path] = files) -> None:
         out = Path(tempfile.mkdtemp(prefix="vtviz-bench-exp-", dir=args.out_root))
         try:
-            export(model, files, out, options, batch_size=args.batch, workers=args.workers,
+            export(model, inputs, out, options, batch_size=args.batch, workers=args.workers,
                    writers=args.writers, progress=False, resume=False)
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
+    cameras = Path(tempfile.mkdtemp(prefix="vtviz-bench-12mp-"))
+    large = camera_photos(cameras, args.large) if args.large else []
     # interleave the sides so that a change of machine load hits all of them alike
-    t_fwd, t_def, t_all = [], [], []
+    t_fwd, t_def, t_all, t_big = [], [], [], []
     forward()
     run_export(ExportOptions())
-    for _ in range(args.repeats):
-        t_fwd.append(timed(forward, 3))  # the forward side is short: the median of 3 passes steadies it
-        t_def.append(_once(run_export, ExportOptions()))
-        t_all.append(_once(run_export, ExportOptions(overlays=True)))
+    try:
+        for _ in range(args.repeats):
+            t_fwd.append(timed(forward, 3))  # the forward side is short: the median of 3 passes steadies it
+            t_def.append(_once(run_export, ExportOptions()))
+            t_all.append(_once(run_export, ExportOptions(overlays=True)))
+            if large:  # the model's side is the same at any photo size (its input is fixed)
+                t_big.append(_once(lambda o: run_export(o, large), ExportOptions()) * n / len(large))
+    finally:
+        shutil.rmtree(cameras, ignore_errors=True)
     fwd, dflt, full = (n / statistics.median(t) for t in (t_fwd, t_def, t_all))
     h, w = load_image(files[0]).shape[:2]
     print(f"device: {vtviz.device_label(device)} ({torch.get_num_threads()} threads); model: {args.model}; "
@@ -171,6 +193,10 @@ def main() -> None:
     print(f"plain forward            : {fwd:8.1f} images/s")
     print(f"export, default outputs  : {dflt:8.1f} images/s  efficiency {dflt / fwd:.2f} (target >= 0.5)")
     print(f"export, + every overlay  : {full:8.1f} images/s  efficiency {full / fwd:.2f} (target >= 0.2)")
+    if large:
+        big = n / statistics.median(t_big)
+        print(f"export, 12 MP JPEGs      : {big:8.1f} images/s  efficiency {big / fwd:.2f} "
+              f"({len(large)} phone-size photos, default outputs; no target)")
     print(f"new file in the output's file system: {file_creation_ms(args.out_root):.2f} ms of CPU "
           f"(default export: 5 files and 3 folders per photo; with overlays 39 files)")
 

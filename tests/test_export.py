@@ -334,6 +334,43 @@ def test_drawing_in_worker_processes_equals_inline(tmp_path, checkpoint, monkeyp
         assert (inline / name).read_bytes() == (workers / name).read_bytes(), name
 
 
+def test_a_large_jpeg_is_decoded_at_the_size_the_pictures_need(tmp_path, checkpoint, monkeypatch):
+    """With pictures capped at 300 px a 1200x900 JPEG is decoded at 1/4 (300x225) by the decoder; its
+    record (size, prediction) and maps equal those of a full decode within resampling noise."""
+    from vtviz import export as export_module
+    from vtviz import load_model
+    from vtviz.export import ExportOptions, export
+
+    factors: list[int] = []
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        decoded = real(*args, **kwargs)
+        factors.append(decoded.factor)
+        return decoded
+
+    real = export_module.load_image_reduced
+    monkeypatch.setattr(export_module, "load_image_reduced", spy)
+
+    y, x = np.mgrid[0:900, 0:1200]
+    rgb = np.stack([x * 255 // 1199, y * 255 // 899, ((x // 150 + y // 150) % 2) * 220], -1).astype(np.uint8)
+    src = tmp_path / "in" / "big.jpg"
+    src.parent.mkdir()
+    Image.fromarray(rgb).save(src, quality=95)
+    model = load_model(checkpoint, device="cpu")
+    small, whole = tmp_path / "small", tmp_path / "whole"
+    export(model, [src], small, ExportOptions(size=300), workers=0, progress=False)
+    export(model, [src], whole, ExportOptions(size=None), workers=0, progress=False)
+    (a,), (b,) = _comparable(small), _comparable(whole)
+    assert factors == [4, 1] and a["size"] == b["size"] == [1200, 900]
+    assert [t["class"] for t in a["top5"]] == [t["class"] for t in b["top5"]]
+    assert [t["p"] for t in a["top5"]] == pytest.approx([t["p"] for t in b["top5"]], abs=2e-3)
+    ma, mb = np.load(small / a["raw"]), np.load(whole / b["raw"])
+    for key in ("layer0_attention", "layer1_attention"):  # (a random model's peaks can tie: compare maps)
+        np.testing.assert_allclose(ma[key], mb[key], rtol=0.02, atol=1e-4)
+    np.testing.assert_array_equal(ma["original_size"], mb["original_size"])
+    np.testing.assert_allclose(ma["scale"], mb["scale"], rtol=1e-6)
+
+
 def test_decoded_photo_is_kept_at_the_largest_drawn_size(tmp_path):
     """What waits in the pipeline and travels between processes is bounded by --size."""
     from vtviz.export import _decode

@@ -229,3 +229,40 @@ def test_crop_of_a_very_long_image_allocates_little():
     whole = cv2.resize(wide, (rw, rh), interpolation=cv2.INTER_LINEAR)
     y0, x0 = int(-geo.offset[0]), int(-geo.offset[1])
     assert np.abs(got.astype(int) - whole[y0:y0 + 64, x0:x0 + 64]).mean() < 3
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_jpeg_is_decoded_no_larger_than_needed(orientation):
+    """A 1200x800 JPEG asked for at least 300 px on its longer side and 64 on its shorter is
+    decoded at 1/4 by the decoder: the same picture as the full decode shrunk (within JPEG
+    noise), its full size reported after EXIF orientation; a PNG, or no ``least``, stays whole."""
+    from vtviz.image import load_image_reduced
+
+    y, x = np.mgrid[0:800, 0:1200]
+    rgb = np.stack([x * 255 // 1199, y * 255 // 799, (x // 100 + y // 100) % 2 * 200], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(Image.fromarray(rgb), "JPEG", exif=exif.tobytes(), quality=95)
+    small, factor, full = load_image_reduced(data, (300, 64))
+    whole = vtviz.load_image(data)
+    turned = orientation == 6
+    assert factor == 4 and full == ((1200, 800) if turned else (800, 1200)) == whole.shape[:2]
+    assert small.shape == ((300, 200, 3) if turned else (200, 300, 3))
+    shrunk = whole.reshape(whole.shape[0] // 4, 4, whole.shape[1] // 4, 4, 3).mean((1, 3))
+    assert np.abs(small.astype(float) - shrunk).mean() < 4
+    assert load_image_reduced(data, (700, 64)).factor == 1  # 1/2 would be 600 px: too small
+    assert load_image_reduced(data, None).factor == 1
+    png = load_image_reduced(_encode(Image.fromarray(rgb)), (300, 64))
+    assert png.factor == 1 and png.image.shape == (800, 1200, 3)
+
+
+def test_geometry_of_a_reduced_decode_restated_for_the_full_image():
+    """Fitting an image decoded at 1/4 and restating its geometry for the full image gives the
+    geometry of fitting the full image (crop and letterbox alike)."""
+    for fit in Fit:
+        pre = Preprocess(size=64, fit=fit)
+        _, whole = fit_image(np.zeros((800, 1200, 3), np.uint8), pre)
+        _, small = fit_image(np.zeros((200, 300, 3), np.uint8), pre)
+        restated = small.of_full_image(4, (800, 1200))
+        assert restated.original_size == whole.original_size and restated.offset == whole.offset
+        assert restated.scale == pytest.approx(whole.scale)

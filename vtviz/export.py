@@ -39,7 +39,7 @@ from .diagnostics import image_diagnostics
 from .errors import ImageError, json_text
 from .explain import ood_scores, preprocess_for, token_maps
 from .faithful import class_maps, class_panels, class_title
-from .image import Geometry, Inputs, fit_image, load_image, scan_inputs, to_tensor
+from .image import Geometry, Inputs, fit_image, load_image_reduced, scan_inputs, to_tensor
 from .maps import ImageMaps, Scale, TokenMaps, TokenStat, token_table
 from .meta import Fit, Preprocess
 from .render import Colormap
@@ -226,9 +226,12 @@ def _decode(index: int, path: Path, pre: Preprocess, display: int | None = None)
     try:
         data = path.read_bytes()
         item.sha256 = hashlib.sha256(data).hexdigest()
-        image = load_image(data, name=str(path))
+        # a JPEG is decoded no larger than the pictures (and twice the model's input) need
+        image, factor, full = load_image_reduced(data, None if display is None else (display, 2 * pre.size),
+                                                 name=str(path))
         del data
-        item.fitted, item.geometry = fit_image(image, pre)
+        item.fitted, geometry = fit_image(image, pre)
+        item.geometry = geometry.of_full_image(factor, full)
         if display and max(image.shape[:2]) > display:
             image = render.resize_image(image, render.fit_size(image.shape[:2], display))
         item.image = image
@@ -363,7 +366,7 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
     one = ImageMaps([item.image], [item.geometry], maps, tuple(classes),
                     None if ood is None else (ood["score"],), None if ood is None else ood["threshold"])
     layers = [i for i in range(len(maps.layers)) if opts.layers is None or i in opts.layers]
-    h0, w0 = item.image.shape[:2]
+    h0, w0 = item.geometry.original_size
     record: dict[str, Any] = {
         "source": item.source, "status": "ok", "sha256": item.sha256, "size": [w0, h0],
         "fingerprint": fingerprint,  # model weights and options: a rerun with others redoes the photo

@@ -6,13 +6,14 @@ RGB everywhere; OpenCV is only used for resizing (channel order does not matter 
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Union
 
 import cv2
 import numpy as np
@@ -50,9 +51,28 @@ def load_image(source: ImageSource, *, name: str | None = None,
     Raises :class:`~vtviz.errors.ImageError` naming the source and the reason for
     missing, empty, non-image, truncated, corrupt or over-large (``max_pixels``) input.
     """
+    return load_image_reduced(source, None, name=name, max_pixels=max_pixels).image
+
+
+class ReducedImage(NamedTuple):
+    """An image decoded at ``1 / factor`` of its size (pixel (x, y) covers the full image's
+    ``[factor * x, factor * (x + 1))``): RGB uint8 ``image`` ``[h, w, 3]`` and the full image's
+    ``full_size`` (H, W), both after EXIF orientation."""
+
+    image: np.ndarray
+    factor: int
+    full_size: tuple[int, int]
+
+
+def load_image_reduced(source: ImageSource, least: tuple[int, int] | None, *, name: str | None = None,
+                       max_pixels: int = MAX_PIXELS) -> ReducedImage:
+    """:func:`load_image`, but a JPEG is decoded at 1/2, 1/4 or 1/8 of its size by the decoder
+    itself (DCT scaling: a 12 MP photo ~6x faster) as long as its longer and shorter sides stay
+    at least ``least`` = (longer, shorter) px; other formats, or ``least`` None, at full size."""
     label = _label(source, name)
     if isinstance(source, np.ndarray):
-        return _array_to_rgb(source, label, max_pixels)
+        image = _array_to_rgb(source, label, max_pixels)
+        return ReducedImage(image, 1, (image.shape[0], image.shape[1]))
     if isinstance(source, Image.Image):
         img = source
     else:
@@ -85,10 +105,17 @@ def load_image(source: ImageSource, *, name: str | None = None,
                                 f"the limit is {max_pixels / 1e6:.1f}")
     if w == 0 or h == 0:
         raise ImageError(label, f"image has no pixels ({w}x{h})")
+    factor = 1
     try:
+        # (a PIL image of the caller's is left as it is)
+        if least is not None and img.format == "JPEG" and not isinstance(source, Image.Image):
+            r = max(least[0] / max(w, h), least[1] / min(w, h))
+            if r <= 0.5 and (drafted := img.draft(None, (math.ceil(w * r), math.ceil(h * r)))) is not None:
+                factor = round(w / drafted[1][2])  # its box: (0, 0, w / factor, h / factor)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
+            turned = img.size
             img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
         raise ImageError(label, f"image too large ({exc})") from None
@@ -97,11 +124,13 @@ def load_image(source: ImageSource, *, name: str | None = None,
     except Exception as exc:
         raise ImageError(label, f"cannot decode ({type(exc).__name__}: {exc})") from None
     try:
-        return _pil_to_rgb(img)
+        image = _pil_to_rgb(img)
     except ImageError:
         raise
     except Exception as exc:
         raise ImageError(label, f"cannot convert to RGB ({type(exc).__name__}: {exc})") from None
+    full = (h, w) if img.size == turned else (w, h)  # EXIF orientation may swap the sides
+    return ReducedImage(image, factor, full)
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -163,6 +192,14 @@ class Geometry:
     input_size: tuple[int, int]
     scale: tuple[float, float]
     offset: tuple[float, float]
+
+    def of_full_image(self, factor: int, full_size: tuple[int, int]) -> Geometry:
+        """This geometry, of an image decoded at ``1 / factor`` (:class:`ReducedImage`), restated
+        for the full image of ``full_size`` (H, W): ``input = full * scale / factor + offset``."""
+        if factor == 1:
+            return self
+        return Geometry(full_size, self.input_size, (self.scale[0] / factor, self.scale[1] / factor),
+                        self.offset)
 
     def input_box(self) -> tuple[float, float, float, float]:
         """(y0, x0, y1, x1) of the original image in input pixels (may exceed the input)."""
