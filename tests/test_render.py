@@ -223,3 +223,19 @@ def test_dim_image_is_the_documented_mix():
         grey = f @ np.array([0.299, 0.587, 0.114])
         want = np.clip(np.rint((f * (1 - a) + grey[..., None] * a) * (1 - 0.55 * a)), 0, 255)
         assert np.abs(render.dim_image(img, a).astype(float) - want).max() <= 1
+
+
+def test_a_long_label_is_cut_to_the_longest_prefix_that_fits():
+    """A label wider than its strip keeps the longest prefix that fits with "…"; one that fits
+    is drawn whole (so the strip differs from the cut one's)."""
+    from PIL import Image, ImageDraw
+
+    font = render._font(12)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    text = "IMG_20240101_123456789_a_rather_long_photo_name.jpg"
+    for width in (40, 90, 150):
+        fits = [k for k in range(len(text)) if measure(text[:k] + "…", font=font) <= width - 4]
+        want = render.text_strip(text[:max(fits)] + "…", width)
+        np.testing.assert_array_equal(render.text_strip(text, width), want)
+    whole = render.text_width(text)
+    assert not np.array_equal(render.text_strip(text, whole), render.text_strip(text[:-1] + "…", whole))

@@ -119,16 +119,23 @@ def safe_name(path: Path) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` through a temporary file and a rename (its folder made when
+    missing: a folder is looked for only then, as each costs a system call)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}")
     try:
-        with open(tmp, "wb") as f:
+        f = open(tmp, "wb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, "wb")
+    done = False
+    try:
+        with f:
             f.write(data)
         os.replace(tmp, path)
+        done = True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if not done:
+            tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(out_dir: Path) -> int:

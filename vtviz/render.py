@@ -478,8 +478,12 @@ def _text_strip(text: str, width: int, height: int, size: int, background: tuple
     img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
     font = _font(size)
-    while text and draw.textlength(text, font=font) > width - 4 and len(text) > 1:
-        text = text[:-2] + "…"
+    if len(text) > 1 and draw.textlength(text, font=font) > width - 4:  # cut: the longest prefix + "…" that fits
+        lo, hi = 0, len(text) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if draw.textlength(text[:mid] + "…", font=font) <= width - 4 else (lo, mid - 1)
+        text = text[:max(lo, 0)] + "…"
     free = width - 4 - draw.textlength(text, font=font)
     x = 2 + {"left": 0.0, "center": free / 2, "right": free}[align]
     draw.text((x, (height - size) // 2 - 1), text, fill=(20, 20, 20), font=font)
@@ -501,6 +505,7 @@ def legend(labels: Sequence[str], palette: np.ndarray = PALETTE, columns: int = 
     return out
 
 
+@lru_cache(maxsize=4096)
 def text_width(text: str, size: int = 12) -> int:
     """Width in pixels that :func:`text_strip` needs to show ``text`` uncut."""
     img = Image.new("RGB", (1, 1))
