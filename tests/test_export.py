@@ -451,16 +451,25 @@ def test_forked_workers_start_after_the_parent_used_its_thread_pools(tmp_path, c
     assert done.returncode == 0 and "exported 4" in done.stdout, done.stderr
 
 
-def test_model_threads_leave_the_workers_their_cores():
+def test_model_threads_leave_the_workers_their_cores(monkeypatch):
     """On a CPU the model runs with the cores the drawing workers do not use, and gets its
-    threads back afterwards; a GPU or no workers change nothing."""
+    threads back afterwards; workers that would take every core, a GPU or no workers change
+    nothing."""
     import torch
 
     from vtviz.runtime import cpu_threads_beside
 
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     before = torch.get_num_threads()
-    with cpu_threads_beside(torch.device("cpu"), busy=os.cpu_count() or 1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with cpu_threads_beside(torch.device("cpu"), busy=0):
-        assert torch.get_num_threads() == before
+    try:
+        torch.set_num_threads(4)
+        with cpu_threads_beside(torch.device("cpu"), busy=3):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 4
+        with cpu_threads_beside(torch.device("cpu"), busy=2):
+            assert torch.get_num_threads() == 2
+        for busy in (0, 4, 6):
+            with cpu_threads_beside(torch.device("cpu"), busy=busy):
+                assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)

@@ -86,13 +86,17 @@ def inference(model: nn.Module, amp: bool | None = None) -> Iterator[None]:
 def cpu_threads_beside(device: torch.device, busy: int) -> Iterator[None]:
     """Run the model on a CPU with ``busy`` of its cores left to other processes (e.g. the
     exporter's drawing workers): torch's threads wait on one another at every layer, so one
-    thread preempted by a busy core stalls them all (throughput collapses). The thread count
-    is restored afterwards; nothing changes on a GPU or when ``busy`` is 0."""
-    if device.type != "cpu" or busy <= 0:
+    thread preempted by a busy core stalls them all. Unless the others would take every core:
+    then they wait on the model part of the time (the exporter's workers draw a batch while the
+    model runs the next one), and the model keeps all its threads (2 cores, 2 workers: 25 vs 23
+    images/s exported with 1 model thread). The thread count is restored afterwards; nothing
+    changes on a GPU or when ``busy`` is 0."""
+    cores = os.cpu_count() or 1
+    if device.type != "cpu" or busy <= 0 or busy >= cores:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - busy)))
+    torch.set_num_threads(max(1, min(before, cores - busy)))
     try:
         yield
     finally:
