@@ -38,4 +38,7 @@ def json_safe(value: Any) -> Any:
 def json_text(value: Any, **kwargs: Any) -> str:
     """Strict JSON of ``value`` (``json.dumps`` keyword arguments): a non-finite number, which
     ``json.dumps`` would write as the invalid bare ``NaN``/``Infinity``, becomes ``null``."""
-    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+    try:  # (almost always finite: one pass, no copy)
+        return json.dumps(value, allow_nan=False, **kwargs)
+    except ValueError:
+        return json.dumps(json_safe(value), allow_nan=False, **kwargs)
