@@ -251,13 +251,8 @@ def _decode(index: int, path: Path, pre: Preprocess, display: int | None = None)
 
 def _worker_init(parent: int) -> None:
     """Decode workers die with the exporter, however it ends (a kill -9 included): the kernel
-    sends them SIGKILL when their parent dies (Linux), and a watchdog thread checks too."""
-    import cv2
-
-    cv2.setNumThreads(1)  # (forked: already 1, see _worker_pool)
-    # one core per worker: the workers run beside each other and the model; a forked child must
-    # set this before any torch work (its parent's OpenMP threads are not in it: as DataLoader's)
-    torch.set_num_threads(1)
+    sends them SIGKILL when their parent dies (Linux), and a watchdog thread checks too. Both are
+    set up first, so that a worker stuck in what follows still dies with the exporter."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the exporter's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child inherits the CLI's handler
     try:
@@ -273,6 +268,14 @@ def _worker_init(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the exporter died before the kernel was told
+        os._exit(1)
+    import cv2
+
+    cv2.setNumThreads(1)  # (forked: already 1, see _worker_pool)
+    # one core per worker: the workers run beside each other and the model; a forked child must
+    # set this before any torch work (its parent's OpenMP threads are not in it: as DataLoader's)
+    torch.set_num_threads(1)
 
 
 def _pool_context(method: str | None = None) -> multiprocessing.context.BaseContext:
