@@ -6,6 +6,7 @@ Run on a machine with a GPU: ``python -m pytest -q tests/test_gpu.py``.
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from vtviz.session import ModelStore, Upload, explain_upload
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-MODEL = "vt-r18-imagenette"
+# a bundled name or a checkpoint path (a lease's freshly trained model: tools/device_train.py)
+MODEL = os.environ.get("VTVIZ_TEST_MODEL", "vt-r18-imagenette")
 
 
 @pytest.fixture(scope="module")

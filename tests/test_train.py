@@ -124,6 +124,23 @@ def test_train_without_val_then_record_evaluation(tiny_folder, tmp_path, capsys)
     assert vtviz.model_meta(after).training["history"] == vtviz.model_meta(before).training["history"]
 
 
+@pytest.mark.parametrize("extra, kinds", [
+    (("--arch", "resnet18"), []),  # a plain ResNet from scratch: its builder's 4 stages
+    (("--no-static-filter", "--registers", "2", "--projector-null"), ["filter", "recurrent"]),
+])
+def test_train_from_scratch_builds_the_architecture_asked_for(tiny_folder, tmp_path, extra, kinds):
+    out = tmp_path / "run"
+    assert cli(_args(tiny_folder, out, "--schedule", "48:1", "--no-val", *extra)) == 0
+    model = vtviz.load_model(out / "tiny.safetensors", device="cpu")
+    config = vtviz.model_meta(model).config
+    assert model.tokenizer_kinds == kinds
+    if kinds:  # the paper's recurrent tokenizer: no per-token filter W_0 anywhere
+        assert config.static_filter is False and config.registers == 2 and config.projector_null
+        assert model.vt_layers[1].tokenizer.filters is None
+    else:
+        assert list(config.blocks) == [2, 2, 2, 2]
+
+
 def test_fine_tune_from_checkpoint(tiny_folder, tmp_path):
     base = tmp_path / "base"
     assert cli(_args(tiny_folder, base, "--tokenizers", "filter,filter")) == 0

