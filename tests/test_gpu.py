@@ -1,6 +1,7 @@
 """CUDA: token maps, export and the app's inference on a GPU agree with the CPU (skipped without CUDA).
 
-Run on a machine with a GPU: ``python -m pytest -q tests/test_gpu.py``.
+Run on a machine with a GPU: ``python -m pytest -q tests/test_gpu.py`` (``VTVIZ_TEST_MODEL=PATH``:
+another checkpoint than the bundled model, e.g. one just trained where the bundled files did not travel).
 """
 
 from __future__ import annotations
