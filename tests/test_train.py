@@ -141,6 +141,11 @@ def test_train_from_scratch_builds_the_architecture_asked_for(tiny_folder, tmp_p
         assert list(config.blocks) == [2, 2, 2, 2]
 
 
+def test_contradictory_recurrent_options_are_refused(tiny_folder, tmp_path, capsys):
+    assert cli(_args(tiny_folder, tmp_path / "run", "--no-static-filter", "--anneal-static", "1")) == 1
+    assert "--anneal-static" in capsys.readouterr().err and not (tmp_path / "run" / "tiny.safetensors").exists()
+
+
 def test_fine_tune_from_checkpoint(tiny_folder, tmp_path):
     base = tmp_path / "base"
     assert cli(_args(tiny_folder, base, "--tokenizers", "filter,filter")) == 0

@@ -652,6 +652,9 @@ def _build(cfg: TrainConfig, data: _Data, d: Dist) -> tuple[Model, ModelConfig, 
     """The model to train: fresh, or ``cfg.init``'s weights (grown by new parts), its config
     and the parent's summary."""
     torch.manual_seed(cfg.seed)
+    if cfg.anneal_static and cfg.static_filter is False:
+        raise ValueError("--anneal-static fades the per-token filter W_0 out, and --no-static-filter "
+                         "leaves none: use one of them")
     if not cfg.init:
         config = ModelConfig.from_dict({
             **ARCHITECTURES[cfg.arch]().config.to_dict(),  # the builder's defaults (e.g. 4 stages)
