@@ -19,6 +19,8 @@ from vtviz.cli import main as cli
 from vtviz.diagnostics import distinct_targets
 from vtviz.model import VTLayerOutput
 from vtviz.train import (
+    TrainConfig,
+    border_weight,
     hard_balance_penalty,
     mixing_diversity_penalty,
     projector_balance_penalty,
@@ -139,6 +141,12 @@ def test_train_from_scratch_builds_the_architecture_asked_for(tiny_folder, tmp_p
         assert model.vt_layers[1].tokenizer.filters is None
     else:
         assert list(config.blocks) == [2, 2, 2, 2]
+
+
+def test_border_penalty_only_from_its_minimum_size():
+    cfg = TrainConfig(data="d", out="o", border=10.0, border_min_size=224)
+    assert [border_weight(cfg, s) for s in (128, 192, 224, 288)] == [0.0, 0.0, 10.0, 10.0]
+    assert border_weight(TrainConfig(data="d", out="o", border=10.0), 64) == 10.0  # default: every size
 
 
 def test_contradictory_recurrent_options_are_refused(tiny_folder, tmp_path, capsys):

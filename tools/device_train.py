@@ -72,7 +72,7 @@ COMMON = ["--data", str(ROOT), "--teacher", "efficientnet-lite0", "--kd-consiste
 ANNEAL_SHARE = 0.4  # of the epochs, for --anneal-static
 VT = ["--arch", "vt_resnet18", "--registers", "4", "--projector-null", "--balance", "2",
       "--hard-balance", "2", "--mixing-diversity", "1", "--register-cap", "5", "--projector-balance", "4",
-      "--self-cap", "5", "--border", "10"]
+      "--self-cap", "5", "--border", "10", "--border-min-size", "224"]  # border: last phase only (CPU trial)
 KINDS: dict[str, list[str]] = {
     # the paper's VT-R18; W_0 (the per-token filter that steadies early training) fades out
     # over the first ANNEAL_SHARE of the epochs and is gone from the saved model. Not run by
