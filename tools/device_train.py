@@ -107,7 +107,6 @@ def name_of(kind: str) -> str:
 def pack(data_root: Path, quality: int = 60) -> None:
     """Write ``SRC``: the train photos outside the dev split as WebP, the index, the classes and
     the teacher's float16 weights behind the package's interface."""
-    import numpy as np
     import torch
     from PIL import Image
 
@@ -141,8 +140,7 @@ def pack(data_root: Path, quality: int = 60) -> None:
         "    @staticmethod\n    def get_model_file_path() -> str:\n"
         '        return str(Path(__file__).with_name("efficientnet-lite0-fp16.pth"))\n')
     print(f"{len(index)} photos ({len(train) - len(index)} dev photos left out), {total / 1e6:.1f} MB; "
-          f"teacher {os.path.getsize(site / 'efficientnet-lite0-fp16.pth') / 1e6:.1f} MB; "
-          f"seed check {int(np.asarray(keep[:3]).sum())}")
+          f"teacher {os.path.getsize(site / 'efficientnet-lite0-fp16.pth') / 1e6:.1f} MB")
 
 
 # ---------------------------------------------------------------- there: run
@@ -164,14 +162,15 @@ def unpack() -> int:
 
 
 def launch(kind: str, tag: str, schedule: str) -> tuple[subprocess.Popen, Path, list[str]]:
+    """Start one ``vtviz train`` run of ``kind`` (its output to ``RUNS_DIR/TAG.log``)."""
     epochs = sum(int(part.split(":")[1]) for part in schedule.split(","))
     args = [f"{ANNEAL_SHARE * epochs:g}" if a == "ANNEAL" else a for a in KINDS[kind]]
     cmd = [sys.executable, "-m", "vtviz.train", *COMMON, *args, "--schedule", schedule,
            "--out", str(RUNS_DIR / tag)]
     log = RUNS_DIR / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    f = open(log, "w")
-    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True), log, cmd
+    with open(log, "w") as f:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True), log, cmd
 
 
 def side_by_side(schedule: str, suffix: str, timeout: float) -> dict[str, list[dict]]:
