@@ -276,20 +276,16 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
         unit = scale_map(raw, vmin, vmax)
     level = _levels(unit)
     stack_levels = level.reshape((-1,) + level.shape[-2:])
-    color = _lookup_colors(colormap, stack_levels)  # [N, H, W, 3]
-    # opacity per level through OpenCV's LUT (no float power per pixel), then OpenCV's blend
-    # (SIMD, no GIL held); outside the mask the opacity is 0
     alpha_lut = _alpha_lut(alpha, gamma if weighted else 0.0)
-    if mask is not None and alpha_lut[0] == 0:  # weighted: level 0 is transparent
-        stack_levels = np.where(np.asarray(mask, bool), stack_levels, np.uint8(0))
-        mask = None
-    n, h, w = stack_levels.shape
-    a = cv2.LUT(stack_levels.reshape(n * h, w), alpha_lut[None]).reshape(n, h, w)
+    keep = None
     if mask is not None:
-        a = a * np.asarray(mask, np.float32)
-    out = np.empty(color.shape, np.uint8)
-    for k in range(len(out)):
-        out[k] = cv2.blendLinear(color[k], img, a[k], 1 - a[k])
+        if alpha_lut[0] == 0:  # weighted: level 0 is transparent, so outside the mask is level 0
+            stack_levels = np.where(np.asarray(mask, bool), stack_levels, np.uint8(0))
+        else:
+            keep = ~np.asarray(mask, bool)
+    out = _blend(stack_levels, img, colormap, alpha, gamma if weighted else 0.0)
+    if keep is not None:
+        out[:, keep] = img[keep]
     out = out.reshape(level.shape + (3,))
     stack = raw if raw.ndim == 3 else raw[None]
     if regions is None and contour is not None:
@@ -312,11 +308,32 @@ def _levels(unit: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(flat, alpha=255.0).reshape(u.shape)
 
 
-def _lookup_colors(colormap: Colormap | str, level: np.ndarray) -> np.ndarray:
-    """Colours ``[N, H, W, 3]`` uint8 of levels ``[N, H, W]`` uint8 (OpenCV's LUT: ~8x faster than indexing)."""
-    n, h, w = level.shape
-    rows = np.ascontiguousarray(level).reshape(n * h, w)
-    return cv2.LUT(cv2.merge([rows, rows, rows]), colormap_lut(colormap)[None]).reshape(n, h, w, 3)
+def _blend(levels: np.ndarray, image: np.ndarray, colormap: Colormap | str, alpha: float,
+           gamma: float) -> np.ndarray:
+    """Colour levels ``[N, H, W]`` uint8 blended over ``image`` ``[H, W, 3]`` -> ``[N, H, W, 3]``
+    uint8: ``colour(l) * a(l) + image * (1 - a(l))`` with ``a(l) = alpha * (l / 255) ** gamma``.
+
+    Colour and opacity depend on the level only, so the colour already multiplied by its
+    opacity and the photo's weight come from two look-up tables (OpenCV's LUT), and the blend is
+    one saturating multiply-add over all N maps at once (SIMD, no GIL held): ~2.5x faster than a
+    per-map float blend, within one level of it."""
+    n, h, w = levels.shape
+    rows = np.ascontiguousarray(levels).reshape(n * h, w)
+    premultiplied, weight = _blend_luts(Colormap(colormap), alpha, gamma)
+    colour = cv2.LUT(cv2.merge([rows, rows, rows]), premultiplied)
+    keep = cv2.LUT(rows, weight)
+    photo = np.ascontiguousarray(np.broadcast_to(image, (n, h, w, 3))).reshape(n * h, w, 3)
+    return cv2.add(colour, cv2.multiply(photo, cv2.merge([keep, keep, keep]), scale=1 / 255)).reshape(n, h, w, 3)
+
+
+@lru_cache(maxsize=64)
+def _blend_luts(colormap: Colormap, alpha: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """For :func:`_blend`: each level's colour times its opacity ``[1, 256, 3]`` and the photo's
+    weight ``255 * (1 - opacity)`` ``[256]``, uint8."""
+    a = _alpha_lut(alpha, gamma).astype(np.float64)
+    premultiplied = np.rint(colormap_lut(colormap) * a[:, None]).astype(np.uint8)[None]
+    weight = np.rint(255 * (1 - a)).astype(np.uint8)
+    return premultiplied, weight
 
 
 @lru_cache(maxsize=64)
@@ -467,14 +484,51 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def text_strip(text: str, width: int, height: int = 18, size: int = 12,
                background: tuple[int, int, int] = (255, 255, 255), align: str = "left") -> np.ndarray:
-    """A label as an RGB strip ``[height, width, 3]`` (text cut to fit; left/center/right)."""
-    return _text_strip(text, max(width, 1), height, size, tuple(background), align).copy()
+    """A label as an RGB strip ``[height, width, 3]`` (text cut to fit; left/center/right).
+
+    A left-aligned title made of parts joined by :data:`SEPARATOR` (e.g. a file name, the layer,
+    the prediction) that fits is pasted from its parts, each drawn once and kept: the parts
+    repeat across the pictures of a photo and across photos, whole titles do not."""
+    width, bg = max(width, 1), tuple(background)
+    parts = _one_line(text).split(SEPARATOR)
+    if align == "left" and len(parts) > 1:
+        pieces = [_text_piece(part + (SEPARATOR if i < len(parts) - 1 else ""), height, size, bg)
+                  for i, part in enumerate(parts)]
+        if sum(p.shape[1] for p in pieces) <= width - 4:
+            out = np.empty((height, width, 3), np.uint8)
+            out[:] = bg
+            x = 2
+            for piece in pieces:
+                out[:, x:x + piece.shape[1]] = piece
+                x += piece.shape[1]
+            return out
+    return _text_strip(text, width, height, size, bg, align).copy()
+
+
+#: What joins the parts of the titles (``"name · layer 0 · filter"``), where they may be split.
+SEPARATOR = " · "
+
+
+def _one_line(text: str) -> str:
+    """Control characters (newlines included) as spaces: labels are drawn on one line."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
+
+
+@lru_cache(maxsize=1024)  # (file names are parts too: bounded by count)
+def _text_piece(text: str, height: int, size: int, background: tuple[int, int, int]) -> np.ndarray:
+    """``text`` drawn as :func:`_text_strip` draws it, on a strip exactly as wide as the text
+    (rounded to whole pixels): ``[height, w, 3]`` uint8, read-only."""
+    img = Image.new("RGB", (_part_width(text, size), height), background)
+    ImageDraw.Draw(img).text((0, (height - size) // 2 - 1), text, fill=(20, 20, 20), font=_font(size))
+    out = np.asarray(img)
+    out.setflags(write=False)
+    return out
 
 
 @lru_cache(maxsize=4096)  # labels repeat ("token 3", legends, colour-bar ends): draw each once
 def _text_strip(text: str, width: int, height: int, size: int, background: tuple[int, int, int],
                 align: str) -> np.ndarray:
-    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)  # one line: no newlines
+    text = _one_line(text)
     img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
     font = _font(size)
@@ -508,9 +562,21 @@ def legend(labels: Sequence[str], palette: np.ndarray = PALETTE, columns: int = 
 @lru_cache(maxsize=4096)
 def text_width(text: str, size: int = 12) -> int:
     """Width in pixels that :func:`text_strip` needs to show ``text`` uncut."""
-    img = Image.new("RGB", (1, 1))
-    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
-    return int(np.ceil(ImageDraw.Draw(img).textlength(text, font=_font(size)))) + 6
+    parts = _one_line(text).split(SEPARATOR)
+    if len(parts) == 1:
+        return int(np.ceil(_text_length(parts[0], size))) + 6
+    return sum(_part_width(part + (SEPARATOR if i < len(parts) - 1 else ""), size)
+               for i, part in enumerate(parts)) + 6
+
+
+def _text_length(text: str, size: int) -> float:
+    return float(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=_font(size)))
+
+
+@lru_cache(maxsize=4096)
+def _part_width(text: str, size: int) -> int:
+    """Width in whole pixels of one part of a title (:func:`_text_piece`)."""
+    return max(1, round(_text_length(text, size)))
 
 
 @lru_cache(maxsize=64)
