@@ -239,3 +239,32 @@ def test_a_long_label_is_cut_to_the_longest_prefix_that_fits():
         np.testing.assert_array_equal(render.text_strip(text, width), want)
     whole = render.text_width(text)
     assert not np.array_equal(render.text_strip(text, whole), render.text_strip(text[:-1] + "…", whole))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
+def test_blend_is_the_documented_mix_at_every_level(gamma):
+    """Every colour level over a varied photo: ``colour(l) * a(l) + photo * (1 - a(l))`` with
+    ``a(l) = alpha * (l / 255) ** gamma``, within 1.5 levels (two tables, each rounded)."""
+    rng = np.random.default_rng(1)
+    levels = np.tile(np.arange(256, dtype=np.uint8), (3, 4, 1))  # [3, 4, 256]: each level 12 times
+    photo = rng.integers(0, 256, (4, 256, 3), dtype=np.uint8)
+    out = render._blend(levels, photo, Colormap.TURBO, 0.6, gamma)
+    a = (0.6 * (np.arange(256) / 255) ** gamma)[None, None, :, None]
+    want = render.colormap_lut("turbo")[levels].astype(float) * a + photo[None].astype(float) * (1 - a)
+    assert out.shape == (3, 4, 256, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(float) - want).max() <= 1.5
+
+
+def test_a_title_pasted_from_its_parts_reads_as_the_title_drawn_whole():
+    """Titles joined by " · " are pasted from cached parts: the same text in the same place as
+    drawing the whole title (a glyph's edge may differ by the rounding of a part's width)."""
+    title = "IMG_0042.jpg · layer 1 · recurrent · tench 87%"
+    width = render.text_width(title) + 40
+    pasted = render.text_strip(title, width).astype(int)
+    whole = render._text_strip(title, width, 18, 12, (255, 255, 255), "left").astype(int)
+    ink_p, ink_w = pasted.min(-1) < 128, whole.min(-1) < 128
+    assert ink_w.sum() > 100 and abs(int(ink_p.sum()) - int(ink_w.sum())) <= 0.05 * ink_w.sum()
+    cols_p, cols_w = np.flatnonzero(ink_p.any(0)), np.flatnonzero(ink_w.any(0))
+    assert abs(cols_p[0] - cols_w[0]) <= 1 and abs(cols_p[-1] - cols_w[-1]) <= 2  # same extent
+    assert np.abs(pasted - whole).mean() < 2.0
+    assert render.text_strip(title, 60).shape == (18, 60, 3)  # too long for its parts: cut as before

@@ -316,11 +316,11 @@ def _blend(levels: np.ndarray, image: np.ndarray, colormap: Colormap | str, alph
     Colour and opacity depend on the level only, so the colour already multiplied by its
     opacity and the photo's weight come from two look-up tables (OpenCV's LUT), and the blend is
     one saturating multiply-add over all N maps at once (SIMD, no GIL held): ~2.5x faster than a
-    per-map float blend, within one level of it."""
+    per-map float blend, within 1.5 levels of it (both tables are rounded)."""
     n, h, w = levels.shape
     rows = np.ascontiguousarray(levels).reshape(n * h, w)
     premultiplied, weight = _blend_luts(Colormap(colormap), alpha, gamma)
-    colour = cv2.LUT(cv2.merge([rows, rows, rows]), premultiplied)
+    colour = cv2.merge([cv2.LUT(rows, channel) for channel in premultiplied])  # (3 one-channel LUTs: 2x one RGB LUT)
     keep = cv2.LUT(rows, weight)
     photo = np.ascontiguousarray(np.broadcast_to(image, (n, h, w, 3))).reshape(n * h, w, 3)
     return cv2.add(colour, cv2.multiply(photo, cv2.merge([keep, keep, keep]), scale=1 / 255)).reshape(n, h, w, 3)
@@ -328,10 +328,10 @@ def _blend(levels: np.ndarray, image: np.ndarray, colormap: Colormap | str, alph
 
 @lru_cache(maxsize=64)
 def _blend_luts(colormap: Colormap, alpha: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-    """For :func:`_blend`: each level's colour times its opacity ``[1, 256, 3]`` and the photo's
+    """For :func:`_blend`: each level's colour times its opacity ``[3, 256]`` (R, G, B) and the photo's
     weight ``255 * (1 - opacity)`` ``[256]``, uint8."""
     a = _alpha_lut(alpha, gamma).astype(np.float64)
-    premultiplied = np.rint(colormap_lut(colormap) * a[:, None]).astype(np.uint8)[None]
+    premultiplied = np.ascontiguousarray(np.rint(colormap_lut(colormap) * a[:, None]).astype(np.uint8).T)
     weight = np.rint(255 * (1 - a)).astype(np.uint8)
     return premultiplied, weight
 
