@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.test_image import huge_png
@@ -473,3 +474,20 @@ def test_model_threads_leave_the_workers_their_cores(monkeypatch):
                 assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_render_jobs_travel_with_their_tensors_intact():
+    """A job for the drawing workers round-trips exactly: values, dtypes, shapes, strides made
+    plain (float32 as NumPy bytes, bfloat16 through torch's own pickling)."""
+    import pickle
+
+    from vtviz.export import _pack
+
+    base = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    job = ({"a": base, "t": base.transpose(1, 2)}, [base.to(torch.bfloat16), torch.tensor([1, 2])], "x")
+    back = pickle.loads(_pack(job))
+    assert back[2] == "x"
+    for got, want in ((back[0]["a"], base), (back[0]["t"], base.transpose(1, 2)),
+                      (back[1][0], base.to(torch.bfloat16)), (back[1][1], torch.tensor([1, 2]))):
+        assert isinstance(got, torch.Tensor) and got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got, want)
