@@ -109,3 +109,24 @@ def test_layer_stats_on_model(small_model):
         assert 0 <= s.entropy <= 1 and 0 <= s.cosine <= 1 + 1e-6
         assert 1 <= s.distinct_peaks <= 16 and s.images == 2
         assert math.isfinite(s.top10_share)
+
+
+def test_mass_regions_are_the_fewest_pixels_holding_the_mass():
+    """Against a brute force over random maps ``[B, L, h, w]``: the highest pixels, taken until
+    the ones before them hold ``mass``; the table's overlap is built on these regions."""
+    from vtviz.maps import mass_regions
+
+    maps = torch.rand(3, 4, 5, 6) ** 4
+    got = mass_regions(maps, 0.5)
+    assert got.shape == maps.shape and got.dtype == torch.bool
+    for b in range(3):
+        for t in range(4):
+            v = maps[b, t].flatten()
+            order = v.argsort(descending=True)
+            before = torch.cumsum(v[order], 0) - v[order]
+            want = torch.zeros(30, dtype=torch.bool)
+            want[order[before < 0.5 * v.sum()]] = True
+            assert torch.equal(got[b, t].flatten(), want)
+            assert v[got[b, t].flatten()].sum() >= 0.5 * v.sum() - 1e-6
+    one = torch.tensor([[0.4, 0.1], [0.2, 0.3]])  # 0.4 + 0.3 hold half
+    assert mass_regions(one[None, None], 0.5)[0, 0].tolist() == [[True, False], [False, True]]

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -556,7 +556,7 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             diagnostics = image_diagnostics(maps)
             rows: list[list[TokenStat]] = [[] for _ in batch]
             for r in table:
-                rows[r.image].append(replace(r, image=0))  # each image's rows, as a batch of one
+                rows[r.image].append(r)  # each image's rows (the record drops the batch index)
             for j, item in enumerate(batch):
                 ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}

@@ -379,12 +379,15 @@ def spread(maps: Tensor) -> Tensor:
 
 def mass_regions(maps: Tensor, mass: float = 0.5) -> Tensor:
     """Bool masks of each map's smallest region holding ``mass`` of it: ``[..., h, w]``."""
-    flat = maps.float().flatten(-2)
-    vals, order = flat.sort(-1, descending=True)
-    cum = vals.cumsum(-1) / vals.sum(-1, keepdim=True).clamp_min(1e-12)
-    keep_sorted = (cum - vals / vals.sum(-1, keepdim=True).clamp_min(1e-12)) < mass
-    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    return keep.view(maps.shape)
+    # NumPy's sort: several times torch's on a CPU for these many short rows
+    flat = maps.detach().float().cpu().flatten(-2).numpy()
+    order = np.argsort(-flat, axis=-1)
+    vals = np.take_along_axis(flat, order, -1)
+    total = np.maximum(vals.sum(-1, keepdims=True), 1e-12)
+    keep_sorted = (np.cumsum(vals, -1) - vals) / total < mass
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, -1)
+    return torch.from_numpy(keep).view(maps.shape).to(maps.device)
 
 
 def region_iou(maps: Tensor, mass: float = 0.5) -> Tensor:
@@ -413,13 +416,15 @@ def token_table(maps: TokenMaps, geometries: Sequence[Geometry] | None = None,
         iou = region_iou(a)
         n, h, w = a.shape[1:]
         mean_iou = (iou.sum(-1) - iou.diagonal(dim1=1, dim2=2)) / max(n - 1, 1)
+        # as Python lists first: indexing tensors element by element costs ~1 us a number
+        ent_l, peaks_l, spr_l, top_l, iou_l = (x.tolist() for x in (ent, peaks, spr, top, mean_iou))
         for b in range(a.shape[0]):
             geo = geometries[b] if geometries is not None else None
             for t in range(n):
-                row, col = int(peaks[b, t, 0]), int(peaks[b, t, 1])
+                row, col = int(peaks_l[b][t][0]), int(peaks_l[b][t][1])
                 xy = geo.cell_to_original(row, col, (h, w)) if geo is not None else None
-                rows.append(TokenStat(b, li, layer.kind, t, float(ent[b, t]), (row, col), xy,
-                                      float(spr[b, t]), float(top[b, t]), float(mean_iou[b, t])))
+                rows.append(TokenStat(b, li, layer.kind, t, float(ent_l[b][t]), (row, col), xy,
+                                      float(spr_l[b][t]), float(top_l[b][t]), float(iou_l[b][t])))
     return rows
 
 

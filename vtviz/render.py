@@ -278,6 +278,8 @@ def overlay(image: np.ndarray, map2d: np.ndarray, colormap: Colormap | str = Col
     stack_levels = level.reshape((-1,) + level.shape[-2:])
     alpha_lut = _alpha_lut(alpha, gamma if weighted else 0.0)
     keep = None
+    if mask is not None and np.asarray(mask, bool).all():  # (a stretched photo: all seen)
+        mask = None
     if mask is not None:
         if alpha_lut[0] == 0:  # weighted: level 0 is transparent, so outside the mask is level 0
             stack_levels = np.where(np.asarray(mask, bool), stack_levels, np.uint8(0))
