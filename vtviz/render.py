@@ -324,8 +324,11 @@ def _blend(levels: np.ndarray, image: np.ndarray, colormap: Colormap | str, alph
     premultiplied, weight = _blend_luts(Colormap(colormap), alpha, gamma)
     colour = cv2.merge([cv2.LUT(rows, channel) for channel in premultiplied])  # (3 one-channel LUTs: 2x one RGB LUT)
     keep = cv2.LUT(rows, weight)
-    photo = np.ascontiguousarray(np.broadcast_to(image, (n, h, w, 3))).reshape(n * h, w, 3)
-    return cv2.add(colour, cv2.multiply(photo, cv2.merge([keep, keep, keep]), scale=1 / 255)).reshape(n, h, w, 3)
+    out, keep3 = colour.reshape(n, h, w, 3), cv2.merge([keep, keep, keep]).reshape(n, h, w, 3)
+    photo = np.ascontiguousarray(image)
+    for k in range(n):  # in place, map by map (no copy of the photo per map)
+        cv2.add(out[k], cv2.multiply(photo, keep3[k], scale=1 / 255), dst=out[k])
+    return out
 
 
 @lru_cache(maxsize=64)
