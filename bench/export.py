@@ -198,7 +198,7 @@ def main() -> None:
         print(f"export, 12 MP JPEGs      : {big:8.1f} images/s  efficiency {big / fwd:.2f} "
               f"({len(large)} phone-size photos, default outputs; no target)")
     print(f"new file in the output's file system: {file_creation_ms(args.out_root):.2f} ms of CPU "
-          f"(default export: 5 files and 3 folders per photo; with overlays 39 files)")
+          f"(default export: 5 files and 1 folder per photo; with overlays 39 files and 3 folders)")
 
     if args.no_memory:
         return

@@ -103,6 +103,8 @@ def test_export_folder_with_bad_inputs(tmp_path, checkpoint, rgb):
             assert (out / rel).is_file()
         assert "partition" not in r["layers"][0]  # with --overlays
         assert len(list((out / r["output_dir"]).rglob("*.jpg"))) == 4  # 2 layers x grid, constellation
+        # one folder per photo, its pictures beside maps.npz (a folder costs as much as a file)
+        assert not [p for p in (out / r["output_dir"]).iterdir() if p.is_dir()]
         w, h = r["size"]
         cw, ch = Image.open(out / r["layers"][0]["constellation"]).size
         assert cw >= w and ch >= h  # the photo at its own size (never enlarged), with a legend
