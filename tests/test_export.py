@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -493,3 +494,31 @@ def test_render_jobs_travel_with_their_tensors_intact():
                       (back[1][0], base.to(torch.bfloat16)), (back[1][1], torch.tensor([1, 2]))):
         assert isinstance(got, torch.Tensor) and got.dtype == want.dtype and got.shape == want.shape
         assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists() or platform.libc_ver()[0] != "glibc",
+                    reason="glibc on Linux only")
+def test_drawing_workers_reuse_freed_memory_instead_of_faulting_it_in_again():
+    """A worker's allocator keeps freed blocks (``_keep_freed_memory``): arrays of a drawing's
+    sizes (1-12 MiB) made and dropped again and again fault their pages in once, not each time
+    (glibc's defaults return them to the system: ~3,000 faults a round). A fresh process."""
+    code = """
+import sys
+import numpy as np
+from vtviz.export import _keep_freed_memory
+def faults():
+    return int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[7])
+def churn():
+    before = faults()
+    for _ in range(20):
+        live = [np.ones(s << 20, np.uint8) for s in (1, 3, 2, 6, 4, 12)]
+        del live
+    return faults() - before
+if sys.argv[1] == "kept":
+    _keep_freed_memory()
+churn()  # warm
+print(churn())
+"""
+    counts = [int(subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True,
+                                 check=True).stdout) for arg in ("plain", "kept")]
+    assert counts[0] > 20 * 1000 and counts[1] < 500, counts
