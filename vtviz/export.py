@@ -337,21 +337,36 @@ def _stop_pool(pool: ProcessPoolExecutor, finished: bool) -> None:
         pool.shutdown(wait=True)
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    # the pipes' ends this process holds (the pool forgets them at shutdown)
-    ends = [getattr(getattr(pool, queue, None), end, None)
-            for queue, end in (("_result_queue", "_writer"), ("_call_queue", "_reader"))]
+    # what the pool forgets at shutdown: its manager thread and the pipes' ends this process holds
+    manager: threading.Thread | None = getattr(pool, "_executor_manager_thread", None)
+    result_end = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    call_end = getattr(getattr(pool, "_call_queue", None), "_reader", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         proc.kill()
     for proc in processes:
         proc.join(timeout=5)
     # A worker killed in the middle of sending a result leaves half a message, which the pool's
-    # manager thread would wait for forever (and the interpreter joins that thread at exit), and
-    # the feeder thread can block sending a job to no one: with the workers gone, closing our
-    # ends of the two pipes turns both waits into end-of-file errors the pool handles quietly.
-    for conn in ends:
-        if conn is not None:
+    # manager thread would wait for forever (and the interpreter joins that thread at exit):
+    # with the workers gone, closing our end of the result pipe turns that wait into an
+    # end-of-file error, after which the manager closes the job pipe's end itself (so that its
+    # feeder thread, perhaps blocked sending a job to no one, stops too). Only if the manager
+    # is stuck elsewhere is the job pipe's end closed here: closing it while the manager does
+    # raised "Bad file descriptor" in one of the two.
+    _close_quietly(result_end)
+    if manager is not None:
+        manager.join(timeout=1)
+    if manager is None or manager.is_alive():
+        _close_quietly(call_end)
+
+
+def _close_quietly(conn: Any) -> None:
+    """Close a pipe end (a ``multiprocessing`` connection, or None), ignoring one already closed."""
+    if conn is not None:
+        try:
             conn.close()
+        except OSError:
+            pass
 
 
 def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: ProcessPoolExecutor | None,
