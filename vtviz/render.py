@@ -316,8 +316,8 @@ def _blend(levels: np.ndarray, image: np.ndarray, colormap: Colormap | str, alph
     uint8: ``colour(l) * a(l) + image * (1 - a(l))`` with ``a(l) = alpha * (l / 255) ** gamma``.
 
     Colour and opacity depend on the level only, so the colour already multiplied by its
-    opacity and the photo's weight come from two look-up tables (OpenCV's LUT), and the blend is
-    one saturating multiply-add over all N maps at once (SIMD, no GIL held): ~2.5x faster than a
+    opacity and the photo's weight come from look-up tables (OpenCV's LUT, all N maps at once),
+    and the blend is one saturating multiply-add per map (SIMD, no GIL held): ~2.5x faster than a
     per-map float blend, within 1.5 levels of it (both tables are rounded)."""
     n, h, w = levels.shape
     rows = np.ascontiguousarray(levels).reshape(n * h, w)
