@@ -495,10 +495,9 @@ def text_strip(text: str, width: int, height: int = 18, size: int = 12,
     the prediction) that fits is pasted from its parts, each drawn once and kept: the parts
     repeat across the pictures of a photo and across photos, whole titles do not."""
     width, bg = max(width, 1), tuple(background)
-    parts = _one_line(text).split(SEPARATOR)
+    parts = _title_parts(text)
     if align == "left" and len(parts) > 1:
-        pieces = [_text_piece(part + (SEPARATOR if i < len(parts) - 1 else ""), height, size, bg)
-                  for i, part in enumerate(parts)]
+        pieces = [_text_piece(part, height, size, bg) for part in parts]
         if sum(p.shape[1] for p in pieces) <= width - 4:
             out = np.empty((height, width, 3), np.uint8)
             out[:] = bg
@@ -512,6 +511,12 @@ def text_strip(text: str, width: int, height: int = 18, size: int = 12,
 
 #: What joins the parts of the titles (``"name · layer 0 · filter"``), where they may be split.
 SEPARATOR = " · "
+
+
+def _title_parts(text: str) -> list[str]:
+    """``text`` on one line, cut after each :data:`SEPARATOR` (which stays with its part)."""
+    parts = _one_line(text).split(SEPARATOR)
+    return [part + SEPARATOR for part in parts[:-1]] + parts[-1:]
 
 
 def _one_line(text: str) -> str:
@@ -567,11 +572,10 @@ def legend(labels: Sequence[str], palette: np.ndarray = PALETTE, columns: int = 
 @lru_cache(maxsize=4096)
 def text_width(text: str, size: int = 12) -> int:
     """Width in pixels that :func:`text_strip` needs to show ``text`` uncut."""
-    parts = _one_line(text).split(SEPARATOR)
+    parts = _title_parts(text)
     if len(parts) == 1:
         return int(np.ceil(_text_length(parts[0], size))) + 6
-    return sum(_part_width(part + (SEPARATOR if i < len(parts) - 1 else ""), size)
-               for i, part in enumerate(parts)) + 6
+    return sum(_part_width(part, size) for part in parts) + 6
 
 
 def _text_length(text: str, size: int) -> float:
