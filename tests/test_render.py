@@ -163,6 +163,27 @@ def test_mass_threshold_of_flat_topped_maps_keeps_the_top():
     np.testing.assert_array_equal(render.region_pieces(a), [16, 16, 16])
 
 
+def test_region_pieces_count_each_maps_own_pieces():
+    """Regions labelled in one pass side by side count as labelling each map alone: pieces that
+    touch the maps' right and left edges are not joined across maps (8-connected)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    maps = rng.random((12, 9, 7)).astype(np.float32) ** 8  # speckled: many small pieces
+    maps[3] = 0.0  # all zero: no region
+    maps[4] = 0.0
+    maps[4][:, -1] = 1.0  # one piece along the right edge ...
+    maps[5] = 0.0
+    maps[5][:, 0] = 1.0  # ... next to one along the left edge of the next map
+    levels = render.mass_thresholds(maps, 0.5)
+    alone = [0 if not np.isfinite(t) else cv2.connectedComponents((m >= t).astype(np.uint8), connectivity=8)[0] - 1
+             for m, t in zip(maps, levels)]
+    got = render.region_pieces(maps)
+    np.testing.assert_array_equal(got, alone)
+    assert got[3] == 0 and got[4] == 1 and got[5] == 1 and got.max() >= 3
+    assert render.region_pieces(np.zeros((0, 4, 4), np.float32)).shape == (0,)
+
+
 def test_regions_traced_once_outline_the_region_at_every_size():
     """Regions traced on a coarse resampling of smooth maps, drawn on pictures of other sizes,
     follow each size's own full-resolution region boundary (what lets the exporter trace each

@@ -358,7 +358,8 @@ def draw_peak_marker(image: np.ndarray, map2d: np.ndarray, color: tuple[int, int
     """
     y, x = np.unravel_index(int(np.argmax(map2d)), map2d.shape)
     r = max(4, round(min(image.shape[:2]) / 18))
-    cv2.circle(image, (int(x), int(y)), r, (0, 0, 0), 3, lineType=cv2.LINE_AA)
+    # the dark ring is a halo under the white one: its edge need not be antialiased (~3x cheaper)
+    cv2.circle(image, (int(x), int(y)), r, (0, 0, 0), 3, lineType=cv2.LINE_8)
     cv2.circle(image, (int(x), int(y)), r, color, 1, lineType=cv2.LINE_AA)
     if label:
         draw_label(image, label, (int(x) + r + 1, int(y) - r), color)
@@ -414,12 +415,17 @@ def region_pieces(maps: np.ndarray, mass: float = 0.5) -> np.ndarray:
     """Number of separate pieces (8-connected) of each map's ``mass`` region, ``[N, h, w]`` ->
     ``[N]`` int (0 for an all-zero map). On token grids: how fragmented each token's region is."""
     maps = np.asarray(maps, np.float32)
+    if len(maps) == 0:
+        return np.zeros(0, np.int64)
     levels = mass_thresholds(maps, mass)
-    out = np.zeros(len(maps), np.int64)
-    for k, (m, t) in enumerate(zip(maps, levels)):
-        if np.isfinite(t):
-            out[k] = cv2.connectedComponents((m >= t).astype(np.uint8), connectivity=8)[0] - 1
-    return out
+    n, h, w = maps.shape
+    # all regions labelled in one pass: side by side, each in its own columns, one empty column
+    # between them (no 8-connected piece crosses it); a piece belongs to the map its left edge is in
+    strip = np.zeros((h, n, w + 1), np.uint8)
+    strip[:, :, :w] = (maps >= levels[:, None, None]).transpose(1, 0, 2)  # (inf: an empty region)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(strip.reshape(h, n * (w + 1)), connectivity=8)
+    owner = stats[1:count, cv2.CC_STAT_LEFT] // (w + 1)
+    return np.bincount(owner, minlength=n).astype(np.int64)
 
 
 def mass_region(map2d: np.ndarray, mass: float = 0.5) -> np.ndarray:
