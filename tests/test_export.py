@@ -550,3 +550,18 @@ def test_stopping_busy_pools_is_quiet():
     finally:
         threading.excepthook = hook
     assert errors == []
+
+
+def test_workers_run_at_a_lower_priority_than_the_exporter():
+    """The decode-and-draw workers yield the CPU to the model's threads (``nice``), so that a
+    model thread is not kept waiting for a core by drawing that can wait."""
+    from vtviz.export import WORKER_NICENESS, _stop_pool, _worker_pool
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    pool = _worker_pool(2)
+    try:
+        seen = {pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result(timeout=30) for _ in range(4)}
+    finally:
+        _stop_pool(pool, finished=True)
+    assert seen == {min(19, mine + WORKER_NICENESS)} and (min(seen) > mine or mine == 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the exporter's own priority is unchanged

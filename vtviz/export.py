@@ -279,6 +279,17 @@ def _worker_init(parent: int) -> None:
     # set this before any torch work (its parent's OpenMP threads are not in it: as DataLoader's)
     torch.set_num_threads(1)
     _keep_freed_memory()
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:  # (not allowed here: the workers then compete with the model as equals)
+        pass
+
+
+#: How much lower than the exporter's the workers' CPU priority is (``nice``). The model's threads
+#: meet at every layer, so a model thread that waits for a core stalls the others; the workers'
+#: drawing can wait and fills the time the model leaves. On 2 cores, 2 workers, 256 photos, four
+#: interleaved runs: +2 to +8% exported images per second against equal priority.
+WORKER_NICENESS = 10
 
 
 #: glibc ``mallopt`` parameters (``malloc.h``) and the workers' values: blocks under 64 MiB come
