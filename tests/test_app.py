@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 import vtviz
 from vtviz import session
 
-APP = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 
 
 @pytest.fixture
@@ -307,6 +309,19 @@ def test_uploads_are_kept_small_and_few(tmp_path, small_model):
             m.fc.bias.fill_(seed)  # two different files
         p = vtviz.save_model(m, tmp_path / f"m{seed}", vtviz.model_meta(m))
         paths.append(store.add_upload(p.read_bytes(), f"m{seed}.safetensors"))
-    from pathlib import Path
-
     assert not Path(paths[0]).exists() and Path(paths[1]).exists()  # the older one is gone
+
+
+def test_uploads_are_deleted_when_the_process_ends(tmp_path):
+    """The private upload folder (uploaded checkpoints are ~100 MB each) goes with the process
+    that made it: the app's server, or a test run through AppTest, leaves nothing in the temp dir."""
+    import subprocess
+    import sys
+
+    code = ("from vtviz.session import upload_dir\n"
+            "d = upload_dir(); (d / 'x.safetensors').write_bytes(b'0' * 1000); print(d)\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    folder = Path(out.stdout.strip())
+    assert folder.parent == tmp_path and folder.name.startswith("vtviz-uploads-")
+    assert not folder.exists() and list(tmp_path.iterdir()) == []

@@ -21,8 +21,9 @@ def test_notebook_executes(app_models, tmp_path):
         for name in names:
             Image.fromarray(getattr(sk, name)()).save(data / cls / f"{name}.jpg")
     nb = nbformat.read(ROOT / "notebooks" / "token_semantics.ipynb", as_version=4)
+    (tmp_path / "tmp").mkdir()  # the notebook's gallery folder goes to the temp dir: this test's
     env = {"VTVIZ_NB_DATA": str(data), "VTVIZ_NB_PER_CLASS": "2", "VTVIZ_PRETRAINED": str(app_models),
-           "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+           "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TMPDIR": str(tmp_path / "tmp")}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:

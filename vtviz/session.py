@@ -3,8 +3,10 @@ store, uploaded checkpoints kept safely on disk, and per-image inference keyed b
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -24,10 +26,12 @@ _UPLOAD_DIR: Path | None = None
 
 
 def upload_dir() -> Path:
-    """This process's private folder for uploaded checkpoints (mode 0700, made on first use)."""
+    """This process's private folder for uploaded checkpoints (mode 0700, made on first use and
+    deleted with what it holds when the process exits: uploads are ~100 MB each)."""
     global _UPLOAD_DIR
     if _UPLOAD_DIR is None:
         _UPLOAD_DIR = Path(tempfile.mkdtemp(prefix="vtviz-uploads-"))
+        atexit.register(shutil.rmtree, _UPLOAD_DIR, ignore_errors=True)
     return _UPLOAD_DIR
 
 
