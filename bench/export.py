@@ -163,10 +163,10 @@ def main() -> None:
                 model(x)
 
     # every export writes into a fresh folder, and all are deleted at the end, not between runs:
-    # on a file system without a journal (ext4 as this machine's), creating a file checks each
-    # inode deleted in the last ~30 s nearby, so deleting one run's thousands of files made the
-    # next run's file creation ~20x dearer (0.4-0.8 vs 0.03 ms of CPU each) than a user's first
-    # export into a new folder
+    # ext4 without a journal (this machine's disk) skips, one by one, the inodes deleted in the
+    # last 60-300 s nearby when it picks one for a new file, so deleting one run's thousands of
+    # files made the next run's file creation ~20x dearer (0.4-0.8 vs 0.02-0.05 ms of CPU each)
+    # than a user's first export into a new folder
     written = Path(tempfile.mkdtemp(prefix="vtviz-bench-exp-", dir=args.out_root))
 
     def run_export(options: ExportOptions, inputs: list[Path] = files) -> None:
