@@ -136,6 +136,9 @@ def test_train_from_scratch_builds_the_architecture_asked_for(tiny_folder, tmp_p
     model = vtviz.load_model(out / "tiny.safetensors", device="cpu")
     config = vtviz.model_meta(model).config
     assert model.tokenizer_kinds == kinds
+    # no --description: one is made from the architecture and the data
+    expected = "VT-ResNet-18 (filter, recurrent tokenizers)" if kinds else "ResNet-18"
+    assert vtviz.model_meta(model).description == f"{expected}, {tiny_folder.name}"
     if kinds:  # the paper's recurrent tokenizer: no per-token filter W_0 anywhere
         assert config.static_filter is False and config.registers == 2 and config.projector_null
         assert model.vt_layers[1].tokenizer.filters is None
@@ -169,6 +172,7 @@ def test_fine_tune_from_checkpoint(tiny_folder, tmp_path):
     assert sorted(p.name.rsplit("-", 1)[0] for p in (tuned_dir / "cache").iterdir()) == ["train-64", "val-80"]
     assert meta.preprocess.size == 80 and meta.training["val"]["input_size"] == 80
     assert tuned.tokenizer_kinds == ["filter", "filter"]
+    assert meta.description == f"VT-ResNet-18 (filter, filter tokenizers), {tiny_folder.name}, fine-tuned from tiny"
     assert meta.training["init"]["training"]["epochs"] == 4
     assert meta.training["epochs"] == 1 and "arch" not in meta.training["recipe"]
     # a tiny learning rate moves the weights only a little from the parent's

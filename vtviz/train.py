@@ -286,6 +286,17 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def default_description(config: ModelConfig, data: str, init: str | None = None) -> str:
+    """A one-line description for a checkpoint trained without ``--description``, e.g.
+    ``"VT-ResNet-18 (filter, recurrent tokenizers), imagenette, fine-tuned from vt-r18-imagenette-v4"``."""
+    depth = config.arch.rsplit("resnet", 1)[-1]
+    if config.arch.startswith("vt_"):
+        text = f"VT-ResNet-{depth} ({', '.join(config.tokenizers)} tokenizers), {data}"
+    else:
+        text = f"ResNet-{depth}, {data}"
+    return f"{text}, fine-tuned from {init}" if init else text
+
+
 def _hardware(device: torch.device, world: int) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -873,7 +884,9 @@ def _finish(cfg: TrainConfig, loop: _Loop, data: _Data, config: ModelConfig, par
     if parent is not None:
         summary["init"] = parent
     meta = ModelMeta(config=config, classes=data.train.classes, class_ids=data.train.class_ids,
-                     preprocess=pre, name=cfg.name, description=cfg.description, training=summary)
+                     preprocess=pre, name=cfg.name, training=summary,
+                     description=cfg.description or default_description(
+                         config, Path(cfg.data).name, Path(cfg.init).stem if cfg.init else None))
     path = save_model(model, Path(cfg.out) / cfg.name, meta, dtype=torch.float16 if cfg.half else None)
     if not cfg.quiet:
         print(json.dumps({"checkpoint": str(path), "val_top1": final_eval["top1"] if final_eval else None}))
@@ -938,7 +951,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     p.add_argument("--out", required=True, help="output folder (checkpoint, last.pt)")
     p.add_argument("--name", default="model", help="checkpoint name (NAME.safetensors)")
-    p.add_argument("--description", default="")
+    p.add_argument("--description", default="",
+                   help="one line for `vtviz info` (default: architecture, tokenizers, data, parent)")
     p.add_argument("--arch", default="vt_resnet18", choices=["vt_resnet18", "vt_resnet34", "resnet18"])
     p.add_argument("--tokenizers", default=None, help="e.g. filter,recurrent (default: the arch's)")
     p.add_argument("--tokens", type=int, default=16)
