@@ -886,7 +886,8 @@ def _finish(cfg: TrainConfig, loop: _Loop, data: _Data, config: ModelConfig, par
     meta = ModelMeta(config=config, classes=data.train.classes, class_ids=data.train.class_ids,
                      preprocess=pre, name=cfg.name, training=summary,
                      description=cfg.description or default_description(
-                         config, Path(cfg.data).name, Path(cfg.init).stem if cfg.init else None))
+                         config, Path(cfg.data).name,
+                         None if parent is None else str(parent["checkpoint"]).removesuffix(".safetensors")))
     path = save_model(model, Path(cfg.out) / cfg.name, meta, dtype=torch.float16 if cfg.half else None)
     if not cfg.quiet:
         print(json.dumps({"checkpoint": str(path), "val_top1": final_eval["top1"] if final_eval else None}))
