@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import load_model, model_meta, save_model
+from .checkpoint import SUFFIX, load_model, model_meta, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
 from .diagnostics import SELF_SHARE, image_mixing, self_attention
 from .evaluate import evaluate_arrays
@@ -887,7 +887,7 @@ def _finish(cfg: TrainConfig, loop: _Loop, data: _Data, config: ModelConfig, par
                      preprocess=pre, name=cfg.name, training=summary,
                      description=cfg.description or default_description(
                          config, Path(cfg.data).name,
-                         None if parent is None else str(parent["checkpoint"]).removesuffix(".safetensors")))
+                         None if parent is None else str(parent["checkpoint"]).removesuffix(SUFFIX)))
     path = save_model(model, Path(cfg.out) / cfg.name, meta, dtype=torch.float16 if cfg.half else None)
     if not cfg.quiet:
         print(json.dumps({"checkpoint": str(path), "val_top1": final_eval["top1"] if final_eval else None}))
