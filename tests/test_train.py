@@ -218,6 +218,12 @@ def test_schedule_and_config_from_the_command_line():
     recipe = cfg.recipe()
     assert "data" not in recipe and "init" not in recipe and "arch" not in recipe  # no paths
     assert recipe["registers"] == 4
+    assert cfg.split_seed == cfg.seed == 0
+    other = TrainConfig.from_namespace(p.parse_args(["--data", "d", "--out", "o", "--seed", "1"]))
+    assert other.split_seed == 1  # by default the dev split follows the training seed
+    fixed = TrainConfig.from_namespace(p.parse_args(["--data", "d", "--out", "o", "--seed", "1",
+                                                     "--dev-seed", "0"]))
+    assert fixed.seed == 1 and fixed.split_seed == 0 and fixed.recipe()["dev_seed"] == 0
 
 
 def test_data_cache_follows_a_changed_file(tmp_path):

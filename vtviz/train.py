@@ -590,6 +590,7 @@ class TrainConfig:
     reinit_attention: bool = False
     recurrent_from_values: bool = False
     dev_fraction: float = 0.0
+    dev_seed: int | None = None
     dev_sizes: tuple[int, ...] | None = None
     no_val: bool = False
     teacher: str | None = None
@@ -615,6 +616,11 @@ class TrainConfig:
         if values.get("dev_sizes") is not None:
             values["dev_sizes"] = tuple(values["dev_sizes"])
         return cls(**values)
+
+    @property
+    def split_seed(self) -> int:
+        """The dev split's seed: ``dev_seed``, else the training ``seed``."""
+        return self.seed if self.dev_seed is None else self.dev_seed
 
     def recipe(self) -> dict[str, Any]:
         """What the summary records of the recipe (no paths; no architecture under ``init``)."""
@@ -656,7 +662,7 @@ def _load_data(cfg: TrainConfig, d: Dist, device: torch.device, schedule: list[i
     teacher = CropTeacher(train_data.classes, pre, device) if cfg.teacher and cfg.kd_consistent else None
     soft = teacher_logits(train_data, cache_dir, progress) if cfg.teacher and teacher is None else None
     if cfg.dev_fraction > 0:
-        train_idx, dev_idx = dev_split(train_data.labels, cfg.dev_fraction, cfg.seed)
+        train_idx, dev_idx = dev_split(train_data.labels, cfg.dev_fraction, cfg.split_seed)
     else:
         train_idx, dev_idx = np.arange(len(train_data)), None
     val = None
@@ -1011,7 +1017,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pseudo-inverse of the previous tokenizer's value map (each token looks for "
                         "pixels like the content it carries), its gain set on training images")
     p.add_argument("--dev-fraction", type=float, default=0.0,
-                   help="hold out this share of train/ (per class, by --seed) as a dev split")
+                   help="hold out this share of train/ (per class, by --dev-seed) as a dev split")
+    p.add_argument("--dev-seed", type=int, default=None,
+                   help="seed of the dev split (default: --seed); fix it to compare training seeds "
+                        "on the same dev photos")
     p.add_argument("--dev-sizes", type=lambda t: [int(v) for v in t.split(",")], default=None,
                    help="evaluate the dev split at these sizes and keep the best as input size")
     p.add_argument("--no-val", action="store_true", help="do not read val/ (measure it once, later)")
