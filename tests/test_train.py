@@ -23,6 +23,7 @@ from vtviz.train import (
     border_weight,
     hard_balance_penalty,
     mixing_diversity_penalty,
+    mixup_batch,
     projector_balance_penalty,
     register_penalty,
     self_attention_penalty,
@@ -155,6 +156,38 @@ def test_border_penalty_only_from_its_minimum_size():
 def test_contradictory_recurrent_options_are_refused(tiny_folder, tmp_path, capsys):
     assert cli(_args(tiny_folder, tmp_path / "run", "--no-static-filter", "--anneal-static", "1")) == 1
     assert "--anneal-static" in capsys.readouterr().err and not (tmp_path / "run" / "tiny.safetensors").exists()
+
+
+def test_mixup_with_cached_teacher_logits_is_refused(tiny_folder, tmp_path, capsys):
+    """Cached whole-photo teacher logits cannot label a mixed crop: refused before any work."""
+    assert cli(_args(tiny_folder, tmp_path / "run", "--mixup", "0.2", "--teacher", "efficientnet-lite0")) == 1
+    assert "--kd-consistent" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_mixup_batch_is_a_convex_pair_with_partner_labels():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    y = torch.tensor([0, 1, 2, 3])
+    mixed, y2, lam = mixup_batch(x, y, 0.4, gen)
+    assert 0.0 <= lam <= 1.0 and sorted(y2.tolist()) == [0, 1, 2, 3]
+    # each image is lam * itself + (1 - lam) * its partner, the one whose label is y2
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[y2])
+    lams = [mixup_batch(x, y, 0.2, gen)[2] for _ in range(200)]
+    assert np.mean([min(v, 1 - v) < 0.1 for v in lams]) > 0.5  # Beta(0.2, 0.2) mostly near 0 or 1
+    with pytest.raises(ValueError, match="positive"):
+        mixup_batch(x, y, 0.0, gen)
+
+
+def test_train_with_mixup_learns(tiny_folder, tmp_path):
+    """Mixup changes what the model is trained on, still learns the tiny task, and is recorded."""
+    def run(name: str, *extra: str) -> dict:
+        assert cli(_args(tiny_folder, tmp_path / name, "--schedule", "48:2", *extra)) == 0
+        return vtviz.model_meta(vtviz.load_model(tmp_path / name / "tiny.safetensors", device="cpu")).training
+
+    mixed, plain = run("mix", "--mixup", "0.4"), run("plain")
+    assert mixed["recipe"]["mixup"] == 0.4 and plain["recipe"]["mixup"] == 0.0
+    assert mixed["history"][0]["loss"] != pytest.approx(plain["history"][0]["loss"], rel=1e-3)
+    assert mixed["val"]["top1"] >= 0.9  # two classes: chance is 0.5
 
 
 def test_fine_tune_from_checkpoint(tiny_folder, tmp_path):

@@ -597,6 +597,7 @@ class TrainConfig:
     kd_weight: float = 0.7
     kd_temperature: float = 2.0
     kd_consistent: bool = False
+    mixup: float = 0.0
     amp: bool = True
     half: bool = False
     seed: int = 0
@@ -616,6 +617,17 @@ class TrainConfig:
         if values.get("dev_sizes") is not None:
             values["dev_sizes"] = tuple(values["dev_sizes"])
         return cls(**values)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` on options that contradict each other (before any work)."""
+        if self.anneal_static and self.static_filter is False:
+            raise ValueError("--anneal-static fades the per-token filter W_0 out, and --no-static-filter "
+                             "leaves none: use one of them")
+        if self.mixup < 0:
+            raise ValueError(f"--mixup {self.mixup}: alpha must be positive (0 = off)")
+        if self.mixup and self.teacher and not self.kd_consistent:
+            raise ValueError("--mixup with a --teacher needs --kd-consistent: cached whole-photo "
+                             "logits do not describe a mixed crop")
 
     @property
     def split_seed(self) -> int:
@@ -679,9 +691,6 @@ def _build(cfg: TrainConfig, data: _Data, d: Dist) -> tuple[Model, ModelConfig, 
     """The model to train: fresh, or ``cfg.init``'s weights (grown by new parts), its config
     and the parent's summary."""
     torch.manual_seed(cfg.seed)
-    if cfg.anneal_static and cfg.static_filter is False:
-        raise ValueError("--anneal-static fades the per-token filter W_0 out, and --no-static-filter "
-                         "leaves none: use one of them")
     if not cfg.init:
         config = ModelConfig.from_dict({
             **ARCHITECTURES[cfg.arch]().config.to_dict(),  # the builder's defaults (e.g. 4 stages)
@@ -757,15 +766,33 @@ def _make_loop(cfg: TrainConfig, model: Model, data: _Data, d: Dist, device: tor
     return loop
 
 
+def mixup_batch(x: Tensor, y: Tensor, alpha: float, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(alpha,
+    alpha)`` drawn from ``gen``. ``x`` ``[B, 3, S, S]``, ``y`` ``[B]``; returns the mixed batch, the
+    partner labels ``y[perm]`` ``[B]`` and ``lam``."""
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be positive, got {alpha}")
+    seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(len(y), generator=gen).to(y.device)
+    return lam * x + (1 - lam) * x[perm], y[perm], lam
+
+
 def _train_step(cfg: TrainConfig, loop: _Loop, x: Tensor, y: Tensor, soft: Tensor | None,
-                device: torch.device) -> Tensor:
+                device: torch.device, mix: tuple[Tensor, float] | None = None) -> Tensor:
     """One optimisation step on ``x`` ``[B, 3, S, S]`` with labels ``y`` ``[B]`` and teacher
-    logits ``soft`` ``[B, classes]`` (or None); returns [loss, correct, diversity, balance,
-    border] (summed)."""
+    logits ``soft`` ``[B, classes]`` (or None); ``mix`` = (partner labels ``[B]``, lam) when ``x``
+    is a mixup batch. Returns [loss, correct, diversity, balance, border] (summed; "correct"
+    weighted by lam under mixup)."""
     with autocast_for(device, None if cfg.amp else False):
         logits, layers, map_size = loop.objective(x)
     logits = logits.float()
     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    hit = (logits.argmax(-1) == y).float()
+    if mix is not None:
+        y2, lam = mix
+        loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y2, label_smoothing=cfg.label_smoothing)
+        hit = lam * hit + (1 - lam) * (logits.argmax(-1) == y2).float()
     if soft is not None:
         t = cfg.kd_temperature
         kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(soft / t, -1),
@@ -791,7 +818,7 @@ def _train_step(cfg: TrainConfig, loop: _Loop, x: Tensor, y: Tensor, soft: Tenso
     loop.optimizer.step()
     n = len(y)
     # summed on the device: no host sync per step (it stalls a GPU)
-    return torch.stack([loss.detach() * n, (logits.argmax(-1) == y).sum().float(),
+    return torch.stack([loss.detach() * n, hit.sum(),
                         div.detach() * n, bal.detach() * n, bor.detach() * n]).double()
 
 
@@ -822,9 +849,14 @@ def _run_epoch(cfg: TrainConfig, loop: _Loop, data: _Data, d: Dist, device: torc
             group["lr"] = cfg.lr * _lr_factor(step, loop.total_steps, loop.warmup)
         if cfg.anneal_static:
             _set_static_gain(loop.model, max(0.0, 1 - step / (cfg.anneal_static * loop.steps_per_epoch)))
+        y = labels[idx]
+        mix = None
+        if cfg.mixup:
+            x, y2, lam = mixup_batch(x, y, cfg.mixup, gen)
+            mix = (y2, lam)
         soft = (data.teacher(x) if data.teacher is not None
                 else data.soft[idx] if data.soft is not None else None)
-        sums += _train_step(cfg, loop, x, labels[idx], soft, device)
+        sums += _train_step(cfg, loop, x, y, soft, device, mix)
         seen += len(idx)
         if not bar.disable and (i % 20 == 19 or i == loop.steps_per_epoch - 1):
             m = (sums / seen).tolist()
@@ -904,6 +936,7 @@ def train(cfg: TrainConfig | argparse.Namespace) -> dict[str, Any]:
     """Run a training job; returns the final summary (empty on ranks > 0 or when stopped early)."""
     if isinstance(cfg, argparse.Namespace):
         cfg = TrainConfig.from_namespace(cfg)
+    cfg.check()
     d, device = _setup(cfg)
     schedule = parse_schedule(cfg.schedule)
     out_dir = Path(cfg.out)
@@ -1029,6 +1062,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kd-temperature", type=float, default=2.0)
     p.add_argument("--kd-consistent", action="store_true",
                    help="run the teacher on each augmented crop (instead of cached whole-photo logits)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup of the crops with lam ~ Beta(ALPHA, ALPHA); with a teacher it needs "
+                        "--kd-consistent, so that the teacher labels the mixed crop (function matching)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision where the hardware has it")
     p.add_argument("--half", action="store_true", help="store the checkpoint in float16")
