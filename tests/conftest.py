@@ -56,7 +56,8 @@ def app_models(tmp_path_factory):
     from vtviz import checkpoint
 
     names = {"vt-r18-imagenette": ("filter", "recurrent"), "vt-r18-filter-imagenette": ("filter", "filter"),
-             "vt-r18-imagenette-v4": ("filter", "recurrent"), "vt-r18-imagenette-v5": ("filter", "recurrent")}
+             "vt-r18-imagenette-v4": ("filter", "recurrent"), "vt-r18-imagenette-v5": ("filter", "recurrent"),
+             "vt-r18-imagenette-v6": ("filter", "recurrent")}
     if all(n in vtviz.list_pretrained() for n in names):
         yield checkpoint.PRETRAINED_DIR
         return
