@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.checkpoint import CheckpointError
+from vtviz.checkpoint import CheckpointError, portable_data_path
 
 
 def test_round_trip_identical_logits(small_model, checkpoint):
@@ -170,3 +170,12 @@ def test_non_finite_or_integer_weights_are_refused(tmp_path, small_model, damage
     save_file(state, str(path), metadata={"vtviz": json.dumps(vtviz.model_meta(small_model).to_dict())})
     with pytest.raises(CheckpointError, match="NaN" if damage == "nan" else "int32"):
         vtviz.load_model(path)
+
+
+@pytest.mark.parametrize("given, recorded", [
+    ("../shared/datasets/imagenette/val", "../shared/datasets/imagenette/val"),  # relative: as given
+    ("/home/someone/datasets/imagenette/val", "imagenette/val"),  # absolute: no machine path
+    ("/val", "val"),
+])
+def test_recorded_data_paths_are_portable(given, recorded):
+    assert portable_data_path(given) == recorded

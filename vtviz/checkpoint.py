@@ -90,6 +90,19 @@ def record_evaluation(name_or_path: str | Path, result: Mapping[str, Any]) -> Pa
     return _write(tensors, path, meta)
 
 
+def portable_data_path(path: str | Path) -> str:
+    """How a dataset folder is recorded in a checkpoint: no machine-specific absolute path.
+
+    A relative path is kept as given (the model cards' commands use ``../shared/...``); an
+    absolute one is cut to its last two parts (``/home/me/imagenette/val`` -> ``imagenette/val``).
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    tail = p.parts[1:][-2:]  # the anchor ("/", "C:\\") is never kept
+    return Path(*tail).as_posix() if tail else "."
+
+
 def _find(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
