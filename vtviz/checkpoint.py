@@ -81,12 +81,16 @@ def record_evaluation(name_or_path: str | Path, result: Mapping[str, Any]) -> Pa
     """Store an evaluation (``vtviz evaluate --record``) as ``training["val"]`` of a checkpoint.
 
     For models trained without a val split at hand (e.g. on a remote GPU): the weights are
-    rewritten unchanged, atomically; only the safetensors metadata changes.
+    rewritten unchanged, atomically; only the safetensors metadata changes. A ``"data"`` path
+    in ``result`` is stored by :func:`portable_data_path`.
     """
     tensors, meta, path = read_checkpoint(name_or_path)
     if path.suffix != SUFFIX:
         raise CheckpointError(f"{path}: only safetensors checkpoints can record an evaluation")
-    meta = dataclasses.replace(meta, training={**meta.training, "val": dict(result)})
+    val = dict(result)
+    if "data" in val:
+        val["data"] = portable_data_path(val["data"])
+    meta = dataclasses.replace(meta, training={**meta.training, "val": val})
     return _write(tensors, path, meta)
 
 

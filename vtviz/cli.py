@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_model, model_meta, portable_data_path, record_evaluation
+from .checkpoint import load_model, model_meta, record_evaluation
 from .errors import CheckpointError, VTVizError, json_text
 from .meta import Fit
 from .render import Colormap
@@ -96,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(_evaluation_text(result), file=sys.stderr)
     if args.record:
-        path = record_evaluation(args.model, {**result, "data": portable_data_path(args.data)})
+        path = record_evaluation(args.model, {**result, "data": str(args.data)})
         print(f"recorded in {path}", file=sys.stderr)
     result["model"] = args.model
     print(json_text(result, indent=2))
