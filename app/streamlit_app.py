@@ -29,7 +29,7 @@ from vtviz.runtime import device_label
 from vtviz.session import ModelStore, Upload, content_hash, explain_upload, plain, sample_uploads
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
-DEFAULT_MODEL = "vt-r18-imagenette-v6"
+DEFAULT_MODEL = "vt-r18-imagenette-v7"
 PAGE = 8  # images per page: many uploads never render hundreds of overlays at once
 
 st.set_page_config(page_title="vtviz: visual tokens", layout="wide")

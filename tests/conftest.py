@@ -57,7 +57,7 @@ def app_models(tmp_path_factory):
 
     names = {"vt-r18-imagenette": ("filter", "recurrent"), "vt-r18-filter-imagenette": ("filter", "filter"),
              "vt-r18-imagenette-v4": ("filter", "recurrent"), "vt-r18-imagenette-v5": ("filter", "recurrent"),
-             "vt-r18-imagenette-v6": ("filter", "recurrent")}
+             "vt-r18-imagenette-v6": ("filter", "recurrent"), "vt-r18-imagenette-v7": ("filter", "recurrent")}
     if all(n in vtviz.list_pretrained() for n in names):
         yield checkpoint.PRETRAINED_DIR
         return

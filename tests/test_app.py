@@ -62,7 +62,7 @@ def test_default_start_shows_samples(app):
     assert app.image[0].captions[0].startswith("rows: tokens")
     assert app.calls["n"] == 4  # the four sample photos; other views run only when shown
     model_box = _by_label(app.sidebar.selectbox, "Model")
-    assert model_box.value == "vt-r18-imagenette-v6"
+    assert model_box.value == "vt-r18-imagenette-v7"
     assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(0))
 
 
@@ -179,7 +179,7 @@ def test_bad_checkpoint_keeps_previous_model(app, tmp_path, small_model):
     app.run()
     assert not app.exception
     assert any("Not a usable vtviz model" in e.value for e in app.error)
-    assert _by_label(app.sidebar.selectbox, "Model").value == "vt-r18-imagenette-v6"
+    assert _by_label(app.sidebar.selectbox, "Model").value == "vt-r18-imagenette-v7"
     assert app.image[0].captions[0].startswith("rows: tokens")
     good = tmp_path / "mine.safetensors"
     vtviz.save_model(small_model, good, vtviz.model_meta(small_model))

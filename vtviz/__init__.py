@@ -3,7 +3,7 @@
 Typical use::
 
     import vtviz
-    model = vtviz.load_model("vt-r18-imagenette-v6")     # bundled, GPU when present
+    model = vtviz.load_model("vt-r18-imagenette-v7")     # bundled, GPU when present
     result = vtviz.explain_images(model, ["cat.jpg"])     # one forward pass
     layer = result.maps.layers[0]                         # layer.kind == "filter"
     layer.attention                                       # [B, L, h, w], sums to 1 over h*w
