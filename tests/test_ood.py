@@ -46,6 +46,21 @@ def test_flag_travels_in_the_checkpoint(small_model, tmp_path, rgb):
     assert vtviz.explain_images(small_model, [rgb]).unfamiliar() is None  # no flag: no claim
 
 
+def test_a_removed_flag_leaves_no_settings_in_the_header(small_model, tmp_path):
+    """Saving a model whose flag was taken off (e.g. a weight average) writes no stale ``ood``."""
+    import copy
+
+    model = copy.deepcopy(small_model)
+    model.ood = fit_ood(F.normalize(torch.randn(20, model.config.token_channels), dim=-1)[:15],
+                        F.normalize(torch.randn(5, model.config.token_channels), dim=-1), k=3)
+    stale = vtviz.model_meta(vtviz.load_model(vtviz.save_model(model, tmp_path / "a", vtviz.model_meta(model)),
+                                              device="cpu"))
+    assert stale.ood is not None
+    model.ood = None
+    loaded = vtviz.load_model(vtviz.save_model(model, tmp_path / "b", stale), device="cpu")
+    assert loaded.ood is None and vtviz.model_meta(loaded).ood is None
+
+
 def test_predict_json_has_the_flag(small_model, tmp_path, rgb, capsys):
     import copy
 

@@ -60,7 +60,7 @@ def main() -> None:
                 "soup": {"rule": "uniform average of every floating-point tensor", "ingredients": summaries}}
     out_meta = ModelMeta(**{**meta.__dict__, "name": args.name or meta.name,
                             "description": f"{meta.description}; uniform weight average of {', '.join(ingredients)}",
-                            "training": training, "ood": None})
+                            "training": training})
     path = save_model(first, args.out, out_meta)
     print(json.dumps({"checkpoint": str(path), "name": out_meta.name, "ingredients": ingredients}))
 

@@ -48,7 +48,7 @@ def save_model(
 
     ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors to save space;
     they load back into float32. A VT model's OOD scorer (``model.ood``) goes along: its bank
-    as the tensor ``ood.bank`` (float16), its settings as ``meta.ood``.
+    as the tensor ``ood.bank`` (float16), its settings as ``meta.ood`` (None without a scorer).
     """
     path = Path(path)
     if path.suffix != SUFFIX:
@@ -59,9 +59,11 @@ def save_model(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()
-    if isinstance(model, VTResNet) and model.ood is not None:
-        tensors[BANK_KEY] = model.ood.bank.detach().cpu().to(torch.float16).contiguous()
-        meta = dataclasses.replace(meta, ood=model.ood.meta())
+    scorer = model.ood if isinstance(model, VTResNet) else None
+    if scorer is not None:
+        tensors[BANK_KEY] = scorer.bank.detach().cpu().to(torch.float16).contiguous()
+    # the header describes the flag the model carries, never one left in ``meta`` without its bank
+    meta = dataclasses.replace(meta, ood=None if scorer is None else scorer.meta())
     return _write(tensors, path, meta)
 
 
