@@ -124,7 +124,7 @@ except CheckpointError:  # an uploaded checkpoint evicted to bound memory (the s
     st.error(f"{plain(model_label)} was unloaded to save memory: upload it again to use it.")
     st.stop()
 meta = vtviz.model_meta(model)
-if not isinstance(model, vtviz.VTResNet):
+if not isinstance(model, vtviz.VTModel):
     st.error(f"{plain(model_label)} is a {meta.config.arch} without visual tokens (e.g. the ResNet baseline): "
              "there are no token maps to show. Choose a VT model in the sidebar.")
     st.stop()
@@ -132,7 +132,7 @@ with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
     st.write(", ".join(meta.classes))
     st.caption("Any other photo is still forced into one of these; a photo unlike the training photos "
                "is marked 'unfamiliar photo' when the model has an out-of-distribution flag"
-               + ("." if isinstance(model, vtviz.VTResNet) and model.ood is not None
+               + ("." if isinstance(model, vtviz.VTModel) and model.ood is not None
                   else " (this model has none)."))
 kinds = list(meta.config.tokenizers)
 layer = sb.radio("Layer", range(len(kinds)), format_func=lambda i: f"layer {i} · {kinds[i]}",

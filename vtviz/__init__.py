@@ -34,14 +34,14 @@ from .maps import (
     upsample,
 )
 from .meta import Fit, ModelMeta, Preprocess
-from .model import Ablation, ModelConfig, VTResNet, build_model, resnet18, vt_resnet18, vt_resnet34
+from .model import Ablation, ModelConfig, VTModel, VTResNet, build_model, resnet18, vt_resnet18, vt_resnet34
 from .runtime import device_label, resolve_device
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Ablation", "CheckpointError", "Fit", "Geometry", "ImageError", "ImageMaps", "LayerMaps", "LayerStats",
-    "ModelConfig", "ModelMeta", "Preprocess", "Scale", "TokenMaps", "VTResNet", "VTVizError",
+    "ModelConfig", "ModelMeta", "Preprocess", "Scale", "TokenMaps", "VTModel", "VTResNet", "VTVizError",
     "LayerDiagnostics", "attach_meta", "build_model", "device_label", "diagnose", "explain_images",
     "layer_stats", "list_pretrained",
     "load_image", "load_model", "maps_to_original", "model_meta", "normalize",

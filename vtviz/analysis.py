@@ -22,7 +22,7 @@ from .explain import explain_images, preprocess_for, token_maps
 from .gallery import Gallery, GalleryBuilder, GalleryItem
 from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
 from .maps import ImageMaps, TokenMaps, TokenStat, map_correlation, mass_regions, region_iou, spread, token_table
-from .model import VTResNet
+from .model import VTModel
 from .render import Colormap
 from .runtime import model_device
 from .views import MapKind, RenderOptions
@@ -248,7 +248,7 @@ def _replace_tokens(probe: nn.Module, tokens: Tensor):
     return probe.register_forward_hook(lambda module, inputs, output: tokens.to(output.dtype))
 
 
-def token_attribution(model: VTResNet, image: ImageSource | Tensor, target: int | str | None = None,
+def token_attribution(model: VTModel, image: ImageSource | Tensor, target: int | str | None = None,
                       layer: int = -1, steps: int = 64, baseline: Tensor | None = None) -> TokenAttribution:
     """How much each token of ``layer`` contributes to the ``target`` logit: Captum's
     ``LayerIntegratedGradients`` on the layer's output tokens, from the tokens of a baseline
@@ -274,7 +274,7 @@ def token_attribution(model: VTResNet, image: ImageSource | Tensor, target: int 
     return TokenAttribution(tgt, layer % len(model.vt_layers), per_token.cpu().numpy(), delta, logit, base_logit)
 
 
-def pixel_attribution(model: VTResNet, image: ImageSource | Tensor, target: int | str | None = None,
+def pixel_attribution(model: VTModel, image: ImageSource | Tensor, target: int | str | None = None,
                       method: Literal["gradcam", "ig"] = "gradcam", steps: int = 32) -> np.ndarray:
     """A pixel-space attribution ``[H, W]`` (input resolution) to set beside token maps:
     Grad-CAM on the stride-16 feature map, or Integrated Gradients summed over colours."""
@@ -292,7 +292,7 @@ def pixel_attribution(model: VTResNet, image: ImageSource | Tensor, target: int 
     raise ValueError(f"unknown method {method!r} (gradcam, ig)")
 
 
-def token_deletion(model: VTResNet, image: ImageSource | Tensor, target: int | str | None = None,
+def token_deletion(model: VTModel, image: ImageSource | Tensor, target: int | str | None = None,
                    layer: int = -1) -> np.ndarray:
     """Drop of the ``target`` logit when each token of ``layer`` is removed (set to zero): ``[L]``.
 
@@ -320,7 +320,7 @@ def token_deletion(model: VTResNet, image: ImageSource | Tensor, target: int | s
     return drops
 
 
-def attribution_figure(model: VTResNet, image: ImageSource, target: int | str | None = None,
+def attribution_figure(model: VTModel, image: ImageSource, target: int | str | None = None,
                        layer: int = 0, colormap: Colormap | str = Colormap.TURBO):
     """Side by side: the image, Grad-CAM, and the maps of the 3 tokens that IG credits most."""
     import matplotlib.pyplot as plt

@@ -23,11 +23,11 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 from .meta import ModelMeta
-from .model import Model, ResNet, VTResNet, build_model
+from .model import Model, ResNet, VTModel, build_model
 from .ood import BANK_KEY, OODScorer
 from .runtime import resolve_device
 
-M = TypeVar("M", VTResNet, ResNet)
+M = TypeVar("M", VTModel, ResNet)
 FORMAT = "vtviz/1"
 SUFFIX = ".safetensors"
 #: Folder of bundled models: ``vtviz/pretrained`` (package data, so it is there in an
@@ -59,7 +59,7 @@ def save_model(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()
-    scorer = model.ood if isinstance(model, VTResNet) else None
+    scorer = model.ood if isinstance(model, VTModel) else None
     if scorer is not None:
         tensors[BANK_KEY] = scorer.bank.detach().cpu().to(torch.float16).contiguous()
     # the header describes the flag the model carries, never one left in ``meta`` without its bank
@@ -244,7 +244,7 @@ def load_model(
     bank = tensors.pop(BANK_KEY, None)
     try:
         model = build_model(meta.config)
-        if isinstance(model, VTResNet) and bank is not None and meta.ood is not None:
+        if isinstance(model, VTModel) and bank is not None and meta.ood is not None:
             model.ood = OODScorer.from_meta(bank, meta.ood)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -264,7 +264,7 @@ def load_model(
 
 def model_meta(model: nn.Module) -> ModelMeta:
     """The metadata of a model loaded by :func:`load_model` (or given by :func:`attach_meta`)."""
-    meta = model.meta if isinstance(model, (VTResNet, ResNet)) else None
+    meta = model.meta if isinstance(model, (VTModel, ResNet)) else None
     if meta is None:
         raise ValueError("model has no vtviz metadata: load it with vtviz.load_model or attach_meta")
     return meta

@@ -106,13 +106,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from .export import iter_inputs, parse_indices
     from .gallery import GalleryOptions, build_gallery
-    from .model import VTResNet
+    from .model import VTModel
     from .runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
     try:
         model = load_model(args.model, device=device)
-        if not isinstance(model, VTResNet):
+        if not isinstance(model, VTModel):
             raise CheckpointError(f"{args.model}: a token gallery needs a VT model")
         options = GalleryOptions(k=args.k, crop=args.crop, layers=parse_indices(args.layers),
                                  batch_size=args.batch_size, save_every=args.save_every)
@@ -136,11 +136,11 @@ def cmd_calibrate_ood(args: argparse.Namespace) -> int:
     from .checkpoint import save_model
     from .data import read_image_folder
     from .evaluate import calibrate_ood
-    from .model import VTResNet
+    from .model import VTModel
     from .train import dev_split
 
     model = load_model(args.model, device=args.device)
-    if not isinstance(model, VTResNet):
+    if not isinstance(model, VTModel):
         raise CheckpointError(f"{args.model}: the OOD flag needs a VT model")
     meta = model_meta(model)
     train = read_image_folder(Path(args.data) / "train", meta.preprocess, class_ids=meta.class_ids or None,

@@ -19,7 +19,7 @@ from .explain import logits_of, token_maps
 from .image import prepare
 from .maps import StatsAccumulator, TokenMaps, map_correlation
 from .meta import Preprocess
-from .model import Ablation, VTResNet
+from .model import Ablation, VTModel
 from .ood import OODScorer, auroc, fit_ood, pooled_features
 
 #: The ablations ``vtviz evaluate --ablate`` runs, by name (see :class:`~vtviz.model.Ablation`).
@@ -65,7 +65,7 @@ def evaluate_arrays(model: nn.Module, data: ImageFolderData, pre: Preprocess, *,
     conf = np.zeros((n_cls, n_cls), np.int64)
     top5 = 0
     stats, diags = StatsAccumulator(), DiagnosticsAccumulator()
-    vt = model if isinstance(model, VTResNet) else None
+    vt = model if isinstance(model, VTModel) else None
     ablations = {k: a for k, a in ABLATIONS.items() if vt is not None and _applies(vt, a)} if ablate else {}
     tallies = {k: _AblationTally() for k in ablations}
     for start in tqdm(range(0, len(data), batch_size), desc="evaluate", disable=not progress, unit="batch"):
@@ -103,7 +103,7 @@ def evaluate_arrays(model: nn.Module, data: ImageFolderData, pre: Preprocess, *,
     return result
 
 
-def _applies(model: VTResNet, ablation: Ablation) -> bool:
+def _applies(model: VTModel, ablation: Ablation) -> bool:
     if not ablation.projector:
         return any(layer.projector is not None for layer in model.vt_layers)
     if not ablation.recurrent_dynamic:
@@ -128,7 +128,7 @@ def evaluate(model: nn.Module, folder: str | Path, *, size: int | None = None,
 
 
 # --------------------------------------------------------------------------- OOD flag
-def pooled_features_of(model: VTResNet, images: np.ndarray, pre: Preprocess, batch_size: int = 64,
+def pooled_features_of(model: VTModel, images: np.ndarray, pre: Preprocess, batch_size: int = 64,
                        progress: bool = False) -> Tensor:
     """Pooled, L2-normalised last-layer tokens ``[N, C_T]`` of uint8 images ``[N, S, S, 3]``."""
     out = []
@@ -139,7 +139,7 @@ def pooled_features_of(model: VTResNet, images: np.ndarray, pre: Preprocess, bat
     return torch.cat(out)
 
 
-def calibrate_ood(model: VTResNet, train: ImageFolderData, held_out: np.ndarray, *, bank_size: int = 2000,
+def calibrate_ood(model: VTModel, train: ImageFolderData, held_out: np.ndarray, *, bank_size: int = 2000,
                   k: int = 10, quantile: float = 0.95, seed: int = 0, progress: bool = True) -> OODScorer:
     """Fit the OOD flag on training photos: a bank of ``bank_size`` training images (not in
     ``held_out``) and a threshold at the ``quantile`` of the held-out training images' scores."""
@@ -151,7 +151,7 @@ def calibrate_ood(model: VTResNet, train: ImageFolderData, held_out: np.ndarray,
     return fit_ood(bank, dev, k=k, quantile=quantile, seed=seed)
 
 
-def ood_report(model: VTResNet, inside: np.ndarray, outside: Sequence[np.ndarray]) -> dict[str, Any]:
+def ood_report(model: VTModel, inside: np.ndarray, outside: Sequence[np.ndarray]) -> dict[str, Any]:
     """How the model's OOD flag does: the share of in-distribution images flagged (false alarms),
     the share of foreign photos flagged (detection) and the AUROC of the score between them.
     ``inside``: uint8 ``[N, S, S, 3]``; ``outside``: RGB photos of any size."""

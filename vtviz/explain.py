@@ -13,14 +13,14 @@ from .checkpoint import model_meta
 from .image import ImageSource, load_image, prepare
 from .maps import ImageMaps, TokenMaps, from_output, top_k
 from .meta import Fit, Preprocess
-from .model import NO_ABLATION, Ablation, VTResNet
+from .model import NO_ABLATION, Ablation, VTModel
 from .ood import pooled_features
 from .runtime import inference, to_model_input
 
 
-def _require_vt(model: nn.Module) -> VTResNet:
-    if not isinstance(model, VTResNet):
-        raise TypeError(f"token maps need a VT model (VTResNet), got {type(model).__name__}")
+def _require_vt(model: nn.Module) -> VTModel:
+    if not isinstance(model, VTModel):
+        raise TypeError(f"token maps need a VT model (VTModel), got {type(model).__name__}")
     return model
 
 
@@ -68,7 +68,7 @@ def explain_images(model: nn.Module, images: Sequence[ImageSource | np.ndarray],
 def ood_scores(model: nn.Module, maps: TokenMaps) -> tuple[tuple[float, ...] | None, float | None]:
     """Each image's out-of-distribution score and the model's threshold (None, None when the
     model has no OOD flag): see :mod:`vtviz.ood`."""
-    if not isinstance(model, VTResNet) or model.ood is None:
+    if not isinstance(model, VTModel) or model.ood is None:
         return None, None
     features = pooled_features(maps.layers[-1].tokens)
     return tuple(float(s) for s in model.ood.score(features)), model.ood.threshold
@@ -92,7 +92,7 @@ def predictions(model: nn.Module, images: Sequence[ImageSource], k: int = 5, *,
     out: list[Prediction] = []
     for chunk in _chunks(list(images), batch_size):
         batch, _ = prepare([load_image(im) for im in chunk], pre)
-        if isinstance(model, VTResNet) and model.ood is not None:
+        if isinstance(model, VTModel) and model.ood is not None:
             maps = token_maps(model, batch, amp=amp).cpu()
             scores, threshold = ood_scores(model, maps)
             assert scores is not None and threshold is not None

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .explain import _require_vt
-from .model import VTResNet
+from .model import VTModel
 from .runtime import to_model_input
 
 
@@ -68,7 +68,7 @@ def _targets(logits: Tensor, target: int | Sequence[int] | Tensor | None) -> Ten
 def class_maps(model: nn.Module, batch: Tensor, target: int | Sequence[int] | Tensor | None = None) -> ClassMaps:
     """Class token maps of every VT layer and Grad-CAM for ``batch`` ``[B, 3, H, W]`` (preprocessed)
     and ``target`` (a class index, one per image, or None: the predicted class). Float32."""
-    vt: VTResNet = _require_vt(model)
+    vt: VTModel = _require_vt(model)
     vt.eval()
     x = to_model_input(vt, batch).float()
     with torch.no_grad():

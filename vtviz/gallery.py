@@ -37,7 +37,7 @@ from .errors import ImageError, json_text
 from .explain import preprocess_for, token_maps
 from .export import atomic_write
 from .image import load_image, maps_to_original, prepare
-from .model import VTResNet
+from .model import VTModel
 
 INDEX = "index.json"
 PARTS = ".gallery-parts"
@@ -171,7 +171,7 @@ class GalleryOptions:
     save_every: int = 256
 
 
-def build_gallery(model: VTResNet, inputs: Sequence[Path], out_dir: str | Path,
+def build_gallery(model: VTModel, inputs: Sequence[Path], out_dir: str | Path,
                   options: GalleryOptions = GalleryOptions(), *, rank: int = 0, world: int = 1,
                   barrier: Callable[[], Any] | None = None, progress: bool = True,
                   model_name: str = "") -> dict[str, Any]:
@@ -212,7 +212,7 @@ def build_gallery(model: VTResNet, inputs: Sequence[Path], out_dir: str | Path,
     return _merge(out, options, model, model_name, len(inputs))
 
 
-def _add_batch(model: VTResNet, batch: list[tuple[str, np.ndarray]], pre: Any,
+def _add_batch(model: VTModel, batch: list[tuple[str, np.ndarray]], pre: Any,
                builders: dict[int, GalleryBuilder], options: GalleryOptions) -> None:
     x, geos = prepare([im for _, im in batch], pre)
     maps = token_maps(model, x).cpu()
@@ -226,12 +226,12 @@ def _add_batch(model: VTResNet, batch: list[tuple[str, np.ndarray]], pre: Any,
             builder.add(render.resize_image(img, size), name, full)
 
 
-def _kinds(model: VTResNet) -> list[str]:
+def _kinds(model: VTModel) -> list[str]:
     return list(model.tokenizer_kinds)
 
 
 def _save_part(part: Path, builders: dict[int, GalleryBuilder], done: int, failed: list[dict[str, str]],
-               model: VTResNet) -> None:
+               model: VTModel) -> None:
     """A rank's state: its crops (as files) and a JSON written last (atomically), so that a
     killed run resumes from its last part."""
     layers = []
@@ -265,7 +265,7 @@ def _load_part(part: Path, options: GalleryOptions) -> tuple[dict[int, GalleryBu
     return builders, int(data["done"]), list(data["failed"])
 
 
-def _merge(out: Path, options: GalleryOptions, model: VTResNet, model_name: str, inputs: int) -> dict[str, Any]:
+def _merge(out: Path, options: GalleryOptions, model: VTModel, model_name: str, inputs: int) -> dict[str, Any]:
     """Rank 0: the top-k of all parts, written in the final layout with the index and page."""
     parts = sorted((out / PARTS).glob("rank*"))
     builders: dict[int, GalleryBuilder] = {}
@@ -324,7 +324,7 @@ def load_gallery(folder: str | Path, layer: int) -> Gallery:
     return Gallery(layer, entry["kind"], items)
 
 
-def gallery_of_images(model: VTResNet, images: Sequence[tuple[str, np.ndarray]],
+def gallery_of_images(model: VTModel, images: Sequence[tuple[str, np.ndarray]],
                       options: GalleryOptions = GalleryOptions()) -> dict[int, Gallery]:
     """Galleries (by layer) of photos already in memory, e.g. the app's uploads: ``(name, RGB)``."""
     builders: dict[int, GalleryBuilder] = {}

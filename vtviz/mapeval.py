@@ -59,7 +59,7 @@ from .faithful import (
 )
 from .image import fit_image, load_image, to_tensor
 from .meta import Preprocess
-from .model import VTResNet
+from .model import VTModel
 
 PARTS = "parts"
 RANDOMISATION_STEPS = ("head", "+VT module 1", "+VT module 0", "+ResNet stage 3")  # cascading, in order
@@ -109,7 +109,7 @@ def _sample(folder: Path, class_ids: Sequence[str], limit: int, seed: int) -> tu
     return [files[i] for i in pick], [labels[i] for i in pick]
 
 
-def _load(model: VTResNet, folder: Path, cfg: MapEvalConfig, progress: bool) -> _Data:
+def _load(model: VTModel, folder: Path, cfg: MapEvalConfig, progress: bool) -> _Data:
     meta = model_meta(model)
     pre = preprocess_for(model)
     files, labels = _sample(folder, meta.class_ids or meta.classes, cfg.limit, cfg.seed)
@@ -156,7 +156,7 @@ def mosaic_image(tiles: Sequence[np.ndarray]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- units of work
-def _pointing(model: VTResNet, data: _Data, groups: Sequence[tuple[int, ...]]) -> list[dict[str, Any]]:
+def _pointing(model: VTModel, data: _Data, groups: Sequence[tuple[int, ...]]) -> list[dict[str, Any]]:
     x = to_tensor([mosaic_image([data.images[i] for i in g]) for g in groups], data.pre)
     targets = torch.tensor([[data.labels[i] for i in g] for g in groups]).flatten()
     cm = class_maps(model, x.repeat_interleave(4, 0), targets)
@@ -175,7 +175,7 @@ def _pointing(model: VTResNet, data: _Data, groups: Sequence[tuple[int, ...]]) -
     return records
 
 
-def _curves(model: VTResNet, x: Tensor, cm: ClassMaps, cfg: MapEvalConfig,
+def _curves(model: VTModel, x: Tensor, cm: ClassMaps, cfg: MapEvalConfig,
             gen: torch.Generator) -> list[dict[str, Any]]:
     b, _, hh, ww = x.shape
     reps = cm.target.repeat_interleave(cfg.steps + 1)
@@ -215,7 +215,7 @@ def _map_kinds(cm: ClassMaps) -> dict[str, Tensor]:
     return kinds
 
 
-def _randomisation(model: VTResNet, x: Tensor, cm: ClassMaps, seed: int) -> list[dict[str, Any]]:
+def _randomisation(model: VTModel, x: Tensor, cm: ClassMaps, seed: int) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(seed)
     rnd = copy.deepcopy(model)
     parts: list[nn.Module] = [rnd.fc, rnd.vt_layers[-1], rnd.vt_layers[0], rnd.stem.layer3]
@@ -250,7 +250,7 @@ def _paste_object(data: _Data, host_label: int) -> tuple[int, np.ndarray]:
     raise ValueError("paste check: no correctly classified photo of another class")
 
 
-def _paste(model: VTResNet, data: _Data, idx: Sequence[int]) -> list[dict[str, Any]]:
+def _paste(model: VTModel, data: _Data, idx: Sequence[int]) -> list[dict[str, Any]]:
     s = data.pre.size
     q = s // 4
     corners = [(q // 2, q // 2), (q // 2, s - q - q // 2), (s - q - q // 2, q // 2), (s - q - q // 2, s - q - q // 2)]
@@ -291,7 +291,7 @@ def _paste(model: VTResNet, data: _Data, idx: Sequence[int]) -> list[dict[str, A
     return out
 
 
-def _work(model: VTResNet, data: _Data, cfg: MapEvalConfig) -> list[tuple[str, Callable[[], list[dict]]]]:
+def _work(model: VTModel, data: _Data, cfg: MapEvalConfig) -> list[tuple[str, Callable[[], list[dict]]]]:
     """Every unit of work, in a fixed order: (id, function returning its records)."""
     ok = [bool(data.pred[i] == data.labels[i] and data.prob[i] >= cfg.min_p) for i in range(len(data.labels))]
     groups = mosaics(data.labels, ok, cfg.seed)
@@ -305,7 +305,7 @@ def _work(model: VTResNet, data: _Data, cfg: MapEvalConfig) -> list[tuple[str, C
     return units
 
 
-def _mosaic_unit(model: VTResNet, data: _Data, groups: Sequence[tuple[int, ...]]) -> list[dict[str, Any]]:
+def _mosaic_unit(model: VTModel, data: _Data, groups: Sequence[tuple[int, ...]]) -> list[dict[str, Any]]:
     return [{"kind": "mosaic", **r} for r in _pointing(model, data, groups)]
 
 
@@ -319,7 +319,7 @@ def _subset(cm: ClassMaps, idx: list[int]) -> ClassMaps:
                      pick(cm.token_maps), cm.gradcam[idx], pick(cm.signed_token_maps), cm.signed_gradcam[idx])
 
 
-def _image_unit(model: VTResNet, data: _Data, cfg: MapEvalConfig, start: int, stop: int) -> list[dict[str, Any]]:
+def _image_unit(model: VTModel, data: _Data, cfg: MapEvalConfig, start: int, stop: int) -> list[dict[str, Any]]:
     idx = list(range(start, stop))
     x = to_tensor([data.images[i] for i in idx], data.pre)
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + start)

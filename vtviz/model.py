@@ -464,36 +464,25 @@ class ModelConfig:
         return cls(**data)
 
 
-class VTResNet(nn.Module):
-    """VT-ResNet: ResNet stages 1-3, then VT modules on the stride-16 map, token pooling head.
+class VTModel(nn.Module):
+    """Base of the VT models: a ``stem`` to a feature map, VT modules, a linear head.
 
-    ``forward(x)`` maps ``[B, 3, H, W]`` to logits ``[B, classes]``; ``explain(x)`` returns
-    a :class:`VTOutput` with every attention map from the same single pass.
+    Subclasses set ``stem`` (``[B, 3, H, W]`` -> ``[B, C, h, w]``), ``vt_layers`` and ``fc``
+    and implement :meth:`explain_features`; ``explain(x)`` returns a :class:`VTOutput` with
+    every attention map from the same single pass.
     """
 
-    feature_channels = 256
+    stem: nn.Module
+    vt_layers: nn.ModuleList
+    fc: nn.Linear
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if not config.tokenizers:
-            raise ValueError("a VT-ResNet needs at least one VT module")
-        if config.tokenizers[0] != "filter":
-            raise ValueError("the first VT module must use a filter tokenizer (it has no tokens in)")
-        if len(config.blocks) != 3:
-            raise ValueError(f"a VT-ResNet has 3 ResNet stages, config.blocks is {list(config.blocks)}")
+            raise ValueError("a VT model needs at least one VT module")
         self.config = config
         self.meta: ModelMeta | None = None  # set by vtviz.load_model / attach_meta
         self.ood: OODScorer | None = None  # the out-of-distribution flag, when calibrated
-        self.stem = ResNetStem(config.blocks, config.padding_mode)
-        n = len(config.tokenizers)
-        self.vt_layers = nn.ModuleList(
-            VTModule(kind, self.feature_channels, config.token_channels, config.num_tokens,
-                     project=i < n - 1, registers=config.registers,
-                     projector_null=config.projector_null, static_filter=config.static_filter)
-            for i, kind in enumerate(config.tokenizers)
-        )
-        self.fc = nn.Linear(config.token_channels, config.num_classes)
-        _init_weights(self)
 
     @property
     def tokenizer_kinds(self) -> list[TokenizerKind]:
@@ -512,6 +501,42 @@ class VTResNet(nn.Module):
         return self.explain_features(self.stem(x), ablation)
 
     def explain_features(self, fmap: Tensor, ablation: Ablation = NO_ABLATION) -> VTOutput:
+        """:meth:`explain` from the stem's feature map ``[B, C, h, w]`` on (e.g. to take
+        gradients with respect to it, as Grad-CAM does)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``[B, classes]`` for images ``[B, 3, H, W]``."""
+        return self.explain(x).logits
+
+
+class VTResNet(VTModel):
+    """VT-ResNet: ResNet stages 1-3, then VT modules on the stride-16 map, token pooling head.
+
+    ``forward(x)`` maps ``[B, 3, H, W]`` to logits ``[B, classes]``; ``explain(x)`` returns
+    a :class:`VTOutput` with every attention map from the same single pass.
+    """
+
+    feature_channels = 256
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        if config.tokenizers[0] != "filter":
+            raise ValueError("the first VT module must use a filter tokenizer (it has no tokens in)")
+        if len(config.blocks) != 3:
+            raise ValueError(f"a VT-ResNet has 3 ResNet stages, config.blocks is {list(config.blocks)}")
+        self.stem = ResNetStem(config.blocks, config.padding_mode)
+        n = len(config.tokenizers)
+        self.vt_layers = nn.ModuleList(
+            VTModule(kind, self.feature_channels, config.token_channels, config.num_tokens,
+                     project=i < n - 1, registers=config.registers,
+                     projector_null=config.projector_null, static_filter=config.static_filter)
+            for i, kind in enumerate(config.tokenizers)
+        )
+        self.fc = nn.Linear(config.token_channels, config.num_classes)
+        _init_weights(self)
+
+    def explain_features(self, fmap: Tensor, ablation: Ablation = NO_ABLATION) -> VTOutput:
         """:meth:`explain` from the last ResNet stage's feature map ``[B, C, h, w]`` on (e.g. to
         take gradients with respect to it, as Grad-CAM does)."""
         b, c, h, w = fmap.shape
@@ -527,11 +552,6 @@ class VTResNet(nn.Module):
         assert tokens is not None
         logits = self.fc(tokens.mean(dim=1))
         return VTOutput(logits, tuple(outputs), (h, w))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits ``[B, classes]`` for images ``[B, 3, H, W]``."""
-        return self.explain(x).logits
-
 
 class ResNet(nn.Module):
     """Plain ResNet (same stem and padding as VT-ResNet, plus stage 4): the baseline."""
@@ -558,7 +578,7 @@ class ResNet(nn.Module):
         return self.fc(self.layer4(self.stem(x)).mean(dim=(2, 3)))
 
 
-Model = VTResNet | ResNet
+Model = VTModel | ResNet
 
 
 def vt_resnet18(**kwargs: Any) -> VTResNet:
@@ -585,7 +605,15 @@ def resnet18(**kwargs: Any) -> ResNet:
     return ResNet(ModelConfig(arch="resnet18", **kwargs))
 
 
+def vt_lite0(**kwargs: Any) -> VTModel:
+    """VT-Lite0: VT modules on the pretrained EfficientNet-Lite0 (see :mod:`vtviz.lite`)."""
+    from .lite import vt_lite0 as build
+
+    return build(**kwargs)
+
+
 ARCHITECTURES: dict[str, Callable[..., Model]] = {
+    "vt_lite0": vt_lite0,
     "vt_resnet18": vt_resnet18,
     "vt_resnet34": vt_resnet34,
     "resnet18": resnet18,

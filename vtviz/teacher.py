@@ -102,11 +102,16 @@ def load_efficientnet_lite0() -> EfficientNetLite0:
     return model.eval()
 
 
-def imagenet_indices(class_names: Sequence[str]) -> list[int]:
-    """ImageNet-1k label index of each class name (torchvision's category names)."""
+def imagenet_categories() -> list[str]:
+    """ImageNet-1k's 1000 category names by label index (torchvision's list, no download)."""
     from torchvision.models import ResNet18_Weights
 
-    categories = [c.lower() for c in ResNet18_Weights.IMAGENET1K_V1.meta["categories"]]
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def imagenet_indices(class_names: Sequence[str]) -> list[int]:
+    """ImageNet-1k label index of each class name (torchvision's category names)."""
+    categories = [c.lower() for c in imagenet_categories()]
     missing = [n for n in class_names if n.lower() not in categories]
     if missing:
         raise ValueError(f"classes not among ImageNet-1k's category names: {missing}")

@@ -63,8 +63,8 @@ from .model import (
     RecurrentTokenizer,
     TokenTransformer,
     VTLayerOutput,
+    VTModel,
     VTModule,
-    VTResNet,
     build_model,
     count_parameters,
 )
@@ -93,7 +93,7 @@ class _Objective(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[VTLayerOutput, ...], tuple[int, int]]:
-        if isinstance(self.model, VTResNet):
+        if isinstance(self.model, VTModel):
             out = self.model.explain(x)
             return out.logits, out.layers, out.map_size
         return self.model(x), (), (0, 0)
@@ -427,7 +427,7 @@ def fit_dynamic_filters(model: nn.Module, data: ImageFolderData, idx: np.ndarray
     dynamic term on ``images`` training images, and ``W_0`` is replaced by its mean over the
     tokens (the part that centred tokens cannot produce; annealed away afterwards).
     """
-    if not isinstance(model, VTResNet):
+    if not isinstance(model, VTModel):
         return
     sel = np.sort(np.random.default_rng(0).choice(idx, size=min(images, len(idx)), replace=False))
     inputs: dict[int, list[Tensor]] = {}
@@ -478,7 +478,7 @@ def recurrent_from_values(model: nn.Module, data: ImageFolderData, idx: np.ndarr
     module's value map: token k's filter is then the feature it pooled (less what all tokens
     share), so it attends to pixels like its own content. ``gamma`` is the one of a log grid
     whose maps' mean normalised entropy on ``images`` training images is nearest ``target_entropy``."""
-    if not isinstance(model, VTResNet):
+    if not isinstance(model, VTModel):
         return
     sel = np.sort(np.random.default_rng(1).choice(idx, size=min(images, len(idx)), replace=False))
     x = normalize_batch(resize_batch(torch.from_numpy(np.asarray(data.images[sel])), pre.size), pre.mean, pre.std)
