@@ -18,7 +18,7 @@ from vtviz import render, views
 from vtviz.diagnostics import diagnose
 from vtviz.errors import CheckpointError, VTVizError
 from vtviz.explain import preprocess_for
-from vtviz.export import parse_indices
+from vtviz.indices import parse_indices
 from vtviz.faithful import ClassMaps, class_maps, class_panels, class_title
 from vtviz.gallery import Gallery, GalleryOptions, gallery_of_images, load_gallery
 from vtviz.image import load_image, prepare
@@ -129,7 +129,7 @@ if not isinstance(model, vtviz.VTModel):
              "there are no token maps to show. Choose a VT model in the sidebar.")
     st.stop()
 with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
-    st.write(", ".join(meta.classes))
+    st.text(", ".join(map(str, meta.classes)))  # text, never Markdown: names come from the checkpoint
     st.caption("Any other photo is still forced into one of these; a photo unlike the training photos "
                "is marked 'unfamiliar photo' when the model has an out-of-distribution flag"
                + ("." if isinstance(model, vtviz.VTModel) and model.ood is not None
@@ -143,9 +143,9 @@ num_tokens = meta.config.num_tokens
 token_text = sb.text_input("Tokens", f"0-{num_tokens - 1}",
                            help=f"Token numbers and ranges, e.g. 0-3,7 (0 to {num_tokens - 1})")
 try:
-    tokens = sorted({t for t in (parse_indices(token_text) or range(num_tokens)) if 0 <= t < num_tokens}) or [0]
-except ValueError:
-    sb.warning(f"Could not read '{token_text}' as token numbers (e.g. 0-3,7): showing all tokens.")
+    tokens = sorted(set(parse_indices(token_text, num_tokens, "token") or range(num_tokens)))
+except ValueError as exc:
+    sb.warning(f"{exc}. Showing all tokens.", icon="⚠️")
     tokens = list(range(num_tokens))
 kind_names = {views.MapKind.ATTENTION: "tokenizer attention",
               views.MapKind.MIXED: "token-mixed attention",
@@ -189,6 +189,7 @@ elif not files:
                "Upload your own above.")
 result, shown = run_model(model_key, uploads, fit)
 names = [up.name for up in shown]
+captions = [plain(name) for name in names]  # image captions render Markdown: file names are made inert
 if result is None:
     st.warning("No image could be read.")
     st.stop()
@@ -244,7 +245,7 @@ elif view == "All tokens":
                            help="Keep one token bright; the others stay as thin outlines")
     pictures = [views.constellation_view(result, i, layer, tokens, isolate=isolate, size=360, options=options)
                 for i in page_ids]
-    st.image([render.encode(p, "jpg", quality=92) for p in pictures], caption=[names[i] for i in page_ids],
+    st.image([render.encode(p, "jpg", quality=92) for p in pictures], caption=[captions[i] for i in page_ids],
              width=360)
     st.caption("Each token's 50%-mass region of the tokenizer attention, in its own colour, with its "
                "number at its peak; the photo is dimmed. Compare where the same token lands across images.")
@@ -321,15 +322,15 @@ elif view == "Token gallery":
                "value). Beside them: the token on the photos of this page.")
     c1, c2 = st.columns(2)
     if items:
-        c1.image([it.crop for it in items], caption=[Path(it.source).name for it in items], width=128)
+        c1.image([it.crop for it in items], caption=[plain(Path(it.source).name) for it in items], width=128)
     ov, _ = views.overlays(result, layer, [token], views.MapKind.ATTENTION, options, page_ids)
-    c2.image([o[0] for o in ov], caption=[names[i] for i in page_ids], width=200)
+    c2.image([o[0] for o in ov], caption=[captions[i] for i in page_ids], width=200)
 
 else:
     token = st.selectbox("Token", tokens, key="detail_token")
     big = dataclasses.replace(options, cell=320)
     ov, _ = views.overlays(result, layer, [token], kind, big, page_ids)
-    st.image([o[0] for o in ov], caption=[names[i] for i in page_ids], width=320)
+    st.image([o[0] for o in ov], caption=[captions[i] for i in page_ids], width=320)
     stats = views.token_statistics(result, layer, token)
     st.dataframe([{"image": names[s["image"]], **{k: v for k, v in s.items() if k not in ("image", "layer")}}
                   for s in stats if s["image"] in page_ids])

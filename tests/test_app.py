@@ -325,3 +325,25 @@ def test_uploads_are_deleted_when_the_process_ends(tmp_path):
     folder = Path(out.stdout.strip())
     assert folder.parent == tmp_path and folder.name.startswith("vtviz-uploads-")
     assert not folder.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_markdown_file_names_stay_text_in_image_captions(app):
+    """An upload named like a Markdown link is a caption of plain text in the "All tokens" view."""
+    app.run()
+    uploader = [u for u in app.file_uploader if u.label.startswith("Drop")][0]
+    evil = "[click me](http:evil.example) **bold**.png"
+    uploader.set_value([(evil, _png(5), "image/png")])
+    app.run()
+    app.radio(key="view").set_value("All tokens")
+    app.run()
+    assert not app.exception, app.exception
+    caption = app.image[0].captions[0]
+    assert "\\[click me\\]" in caption and "\\*\\*bold\\*\\*" in caption
+
+
+def test_token_box_out_of_range_says_so(app):
+    app.run()
+    _by_label(app.sidebar.text_input, "Tokens").set_value("0-50000000")
+    app.run()
+    assert not app.exception, app.exception
+    assert any("out of range: the model has 16 tokens" in w.value for w in app.sidebar.warning)

@@ -57,7 +57,8 @@ def test_predict_top5_and_bad_input(checkpoint, rgb, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2
     lines = [json.loads(line) for line in captured.out.splitlines()]
-    assert len(lines) == 1 and lines[0]["image"].endswith("good.png")
+    assert len(lines) == 2 and lines[0]["image"].endswith("good.png")
+    assert lines[1]["image"].endswith("bad.png") and lines[1]["error"].startswith("not an image")
     top = lines[0]["top"]
     assert len(top) == 5 and {t["class"] for t in top} == {f"class{i}" for i in range(5)}
     assert abs(sum(t["p"] for t in top) - 1) < 1e-4

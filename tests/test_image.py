@@ -164,8 +164,11 @@ def test_iter_image_files(tmp_path, rgb):
         (tmp_path / p).write_bytes(b"x")
     files = iter_image_files([tmp_path / "a", str(tmp_path / "*.png"), tmp_path / "a" / "1.png"])
     assert [f.name for f in files] == ["1.png", "2.JPG", "3.png"]
-    with pytest.raises(FileNotFoundError):
-        iter_image_files([tmp_path / "zzz*.png"])
+    from vtviz.image import scan_inputs
+
+    assert iter_image_files([tmp_path / "zzz*.png", tmp_path / "3.png"]) == [tmp_path / "3.png"]
+    assert scan_inputs([tmp_path / "zzz*.png"]).rejected == [(tmp_path / "zzz*.png",
+                                                               "no such file, folder or matching pattern")]
 
 
 @pytest.mark.parametrize("fit", ["crop", "letterbox", "stretch"])

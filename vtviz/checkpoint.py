@@ -23,12 +23,14 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 from .meta import ModelMeta
-from .model import Model, ResNet, VTModel, build_model
+from .model import ARCHITECTURES, Model, ResNet, VTModel, build_model
 from .ood import BANK_KEY, OODScorer
 from .runtime import resolve_device
 
 M = TypeVar("M", VTModel, ResNet)
 FORMAT = "vtviz/1"
+#: Most training features an OOD bank may hold.
+MAX_BANK = 100_000
 SUFFIX = ".safetensors"
 #: Folder of bundled models: ``vtviz/pretrained`` (package data, so it is there in an
 #: installed wheel too); the ``VTVIZ_PRETRAINED`` environment variable names another folder.
@@ -116,19 +118,31 @@ def _find(name_or_path: str | Path) -> Path:
     bundled = PRETRAINED_DIR / f"{name_or_path}{SUFFIX}"
     if bundled.is_file():
         return bundled
+    if os.path.lexists(path) and not path.exists():
+        raise CheckpointError(f"{path}: a dangling or looping symbolic link")
     if path.exists():
         raise CheckpointError(f"{path}: is not a file")
     known = ", ".join(list_pretrained()) or "none"
     raise CheckpointError(f"{name_or_path}: no such file, nor a bundled model (bundled: {known})")
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and metadata of a safetensors file, read from its header alone."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, header
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
+    except MemoryError:
+        raise CheckpointError(f"{path}: not enough memory to map the file") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from None
+
+
+def _safetensors_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"{path}: cannot read its tensors ({type(exc).__name__}: {exc})") from None
 
 
 #: Leading bytes of common files that are not checkpoints, to say what a file is instead.
@@ -147,8 +161,8 @@ def _read_torch(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     if not head.startswith(b"PK") and not head.startswith(b"\x80"):
         raise CheckpointError(f"{path}: not a checkpoint: neither a safetensors, zip (PyTorch) nor pickle "
                               f"file ({_what_is(head)})")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:  # memory-mapped (a zip checkpoint): tensors are not read before their shapes are checked
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
     except pickle.UnpicklingError as exc:
         # torch's message may suggest turning weights_only off: vtviz never passes that on
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip() and "weights_only" not in ln
@@ -177,7 +191,11 @@ def read_checkpoint(
 ) -> tuple[dict[str, Tensor], ModelMeta, Path]:
     """Tensors, metadata and resolved path of a checkpoint, without building a model.
 
-    ``meta`` supplies the metadata for a bare ``.pt`` state dict that has none.
+    ``meta`` supplies the metadata for a bare ``.pt`` state dict that has none. Everything is
+    checked from the file's header before any tensor is read: the metadata (architecture,
+    classes, preprocessing), and every tensor's name and shape against the architecture built
+    on PyTorch's "meta" device (no memory), so that a header that asks for a huge model is
+    refused before it allocates anything.
     """
     path = _find(name_or_path)
     with open(path, "rb") as f:
@@ -185,51 +203,110 @@ def read_checkpoint(
     pickled = magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
     if magic[:2] == b"PK" or path.suffix in (".pt", ".pth"):
         tensors, raw = _read_torch(path)
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     else:
         try:
-            tensors, header = _read_safetensors(path)
+            shapes, header = _safetensors_header(path)
         except CheckpointError as exc:
-            if pickled:  # a safetensors header can start with 0x80 too: only then try pickle
-                tensors, header = _read_torch(path)[0], {}
-            elif _what_is(magic) != _what_is(b""):
-                raise CheckpointError(f"{path}: not a checkpoint: neither a safetensors, zip (PyTorch) nor "
-                                      f"pickle file ({_what_is(magic)})") from None
-            else:
+            if not pickled:  # a safetensors header can start with 0x80 too: only then try pickle
+                if _what_is(magic) != _what_is(b""):
+                    raise CheckpointError(f"{path}: not a checkpoint: neither a safetensors, zip (PyTorch) "
+                                          f"nor pickle file ({_what_is(magic)})") from None
                 raise exc
-        raw = None
-        if "vtviz" in header:
-            try:
-                raw = json.loads(header["vtviz"])
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+            return read_checkpoint_torch(path, meta)
+        tensors, raw = {}, _header_json(path, header)
     if raw is not None:
-        try:
-            meta = ModelMeta.from_dict(dict(raw))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"{path}: bad vtviz metadata ({type(exc).__name__}: {exc})") from None
+        meta = meta_from_header(raw, str(path))
     if meta is None:
-        raise CheckpointError(
-            f"{path}: no vtviz metadata (architecture, classes); pass meta=ModelMeta(...)"
-        )
+        raise CheckpointError(f"{path}: no vtviz metadata (architecture, classes): not a vtviz checkpoint")
+    check_shapes(expected_shapes(meta, str(path)), shapes, str(path))
+    if not tensors:
+        tensors = _safetensors_tensors(path)
     return tensors, meta, path
 
 
-def check_state_dict(model: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:
-    """Raise :class:`CheckpointError` naming the first missing, extra or mis-shaped tensor."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+def read_checkpoint_torch(path: Path, meta: ModelMeta | None) -> tuple[dict[str, Tensor], ModelMeta, Path]:
+    """:func:`read_checkpoint` of a PyTorch (zip or pickle) file."""
+    tensors, raw = _read_torch(path)
+    if raw is not None:
+        meta = meta_from_header(raw, str(path))
+    if meta is None:
+        raise CheckpointError(f"{path}: no vtviz metadata (architecture, classes): not a vtviz checkpoint")
+    check_shapes(expected_shapes(meta, str(path)), {k: tuple(v.shape) for k, v in tensors.items()}, str(path))
+    return tensors, meta, path
+
+
+def _header_json(path: Path, header: Mapping[str, str]) -> dict[str, Any] | None:
+    if "vtviz" not in header:
+        return None
+    try:
+        raw = json.loads(header["vtviz"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: metadata is nested too deeply to be vtviz metadata") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: metadata is a JSON {type(raw).__name__}, not an object")
+    return raw
+
+
+def meta_from_header(raw: Mapping[str, Any], source: str) -> ModelMeta:
+    """:class:`ModelMeta` from a checkpoint's metadata, every field checked; CheckpointError names
+    ``source`` and the field on anything a model could not be shown with (class names that are
+    not strings, fewer or more names than classes, a bad preprocessing, ...)."""
+    try:
+        meta = ModelMeta.from_dict(dict(raw))
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{source}: bad vtviz metadata ({type(exc).__name__}: {exc})") from None
+    if meta.config.arch not in ARCHITECTURES:
+        raise CheckpointError(f"{source}: unknown architecture {meta.config.arch!r}; known: {sorted(ARCHITECTURES)}")
+    n = meta.config.num_classes
+    if not isinstance(raw.get("classes"), list) or not all(isinstance(c, str) and c for c in meta.classes):
+        raise CheckpointError(f"{source}: bad vtviz metadata: 'classes' must be a list of non-empty names")
+    if len(meta.classes) != n:
+        raise CheckpointError(f"{source}: bad vtviz metadata: {len(meta.classes)} class names for a model "
+                              f"of {n} classes")
+    if meta.class_ids and (len(meta.class_ids) != n or not all(isinstance(c, str) for c in meta.class_ids)):
+        raise CheckpointError(f"{source}: bad vtviz metadata: 'class_ids' must be {n} strings or absent")
+    for name in ("name", "description"):
+        if not isinstance(getattr(meta, name), str):
+            raise CheckpointError(f"{source}: bad vtviz metadata: {name!r} must be a string")
+    return meta
+
+
+def expected_shapes(meta: ModelMeta, source: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of ``meta``'s architecture, built on the "meta" device (no memory)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(meta.config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_shapes(expected: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]],
+                 source: str) -> None:
+    """Raise :class:`CheckpointError` naming the first missing, extra or mis-shaped tensor
+    (the OOD bank, ``ood.bank``, is the one extra tensor allowed: ``[N, C]``)."""
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected) - {BANK_KEY})
     if missing:
         raise CheckpointError(f"{source}: missing tensor(s) {missing[:5]} ({len(missing)} in all)")
     if extra:
         raise CheckpointError(f"{source}: unexpected tensor(s) {extra[:5]} ({len(extra)} in all)")
     for key, ref in expected.items():
-        got = tensors[key]
-        if tuple(got.shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"{source}: tensor {key!r} has shape {list(got.shape)}, "
-                f"the architecture expects {list(ref.shape)}"
-            )
+        if tuple(shapes[key]) != tuple(ref):
+            raise CheckpointError(f"{source}: tensor {key!r} has shape {list(shapes[key])}, "
+                                  f"the architecture expects {list(ref)}")
+    bank = shapes.get(BANK_KEY)
+    if bank is not None and (len(bank) != 2 or not 1 <= bank[0] <= MAX_BANK):
+        raise CheckpointError(f"{source}: the OOD bank has shape {list(bank)}: expected [N, C], N <= {MAX_BANK}")
+
+
+def check_state_dict(model: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming the first missing, extra or mis-shaped tensor."""
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in tensors.items()}, source)
 
 
 def load_model(
@@ -242,6 +319,9 @@ def load_model(
     """
     tensors, meta, path = read_checkpoint(name_or_path, meta)
     bank = tensors.pop(BANK_KEY, None)
+    if bank is not None and not (bank.is_floating_point() and torch.isfinite(bank).all()):
+        raise CheckpointError(f"{path}: the OOD bank holds NaN, infinite or non-float values: the "
+                              "unfamiliar-photo flag would silently never fire")
     try:
         model = build_model(meta.config)
         if isinstance(model, VTModel) and bank is not None and meta.ood is not None:

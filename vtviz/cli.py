@@ -61,17 +61,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .explain import predictions
-    from .image import iter_image_files, load_image
+    from .image import load_image, scan_inputs, shown_path
 
+    scan = scan_inputs(args.images)
     model = load_model(args.model, device=args.device)
     n_classes = len(model_meta(model).classes)
     failed = 0
-    for path in iter_image_files(args.images):
+
+    def fail(path: Path | str, reason: str) -> None:
+        nonlocal failed
+        failed += 1
+        if args.json:
+            print(json_text({"image": str(path), "error": reason}))
+        print(f"error: {shown_path(path)}: {reason}", file=sys.stderr)
+
+    for path, reason in scan.rejected:
+        fail(path, reason)
+    for path in scan.files:
         try:
             image = load_image(path)
         except VTVizError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
+            fail(path, getattr(exc, "reason", str(exc)))
             continue
         pred = predictions(model, [image], k=args.top)[0]
         if args.json:
@@ -80,7 +90,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             flag = (f"  [unfamiliar photo: probably none of the {n_classes} classes]" if pred.unfamiliar
                     else "")
-            print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in pred.top) + flag)
+            print(f"{shown_path(path)}: " + ", ".join(f"{c} {p:.3f}" for c, p in pred.top) + flag)
+    if failed:
+        print(f"{failed} of {len(scan.files) + len(scan.rejected)} inputs failed", file=sys.stderr)
     return 2 if failed else 0
 
 
@@ -104,7 +116,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from .export import iter_inputs, parse_indices
+    from .export import iter_inputs
+    from .indices import parse_indices
     from .gallery import GalleryOptions, build_gallery
     from .model import VTModel
     from .runtime import close_distributed, init_distributed
@@ -114,7 +127,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=device)
         if not isinstance(model, VTModel):
             raise CheckpointError(f"{args.model}: a token gallery needs a VT model")
-        options = GalleryOptions(k=args.k, crop=args.crop, layers=parse_indices(args.layers),
+        options = GalleryOptions(k=args.k, crop=args.crop,
+                                 layers=parse_indices(args.layers, len(model.vt_layers), "layer"),
                                  batch_size=args.batch_size, save_every=args.save_every)
         index = build_gallery(model, iter_inputs(args.inputs), args.out, options, rank=d.rank, world=d.world,
                               barrier=d.barrier, progress=not args.quiet and d.main, model_name=args.model)
@@ -175,13 +189,15 @@ def _evaluation_text(result: dict) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportOptions, export, input_notes, parse_indices
+    from .export import ExportOptions, export, input_notes
+    from .indices import parse_indices
     from .image import scan_inputs
     from .runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
     rank, world, barrier = d.rank, d.world, d.barrier
     import signal
+    from concurrent.futures.process import BrokenProcessPool
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(signum)
@@ -190,8 +206,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         scan = scan_inputs(args.inputs)
         model = load_model(args.model, device=device)
+        meta = model_meta(model)
         options = ExportOptions(
-            layers=parse_indices(args.layers), tokens=parse_indices(args.tokens), overlays=args.overlays,
+            layers=parse_indices(args.layers, len(meta.config.tokenizers), "layer"),
+            tokens=parse_indices(args.tokens, meta.config.num_tokens, "token"), overlays=args.overlays,
             class_maps=args.class_maps,
             colormap=Colormap(args.colormap), alpha=args.alpha, contour=args.contour,
             size=args.size or None, fmt=args.format, images=not args.raw_only, raw=not args.no_raw,
@@ -203,6 +221,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is written stays, the rest resumes
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 128 + (exc.args[0] if exc.args else signal.SIGINT)
+    except BrokenProcessPool:  # a worker killed from outside (e.g. the out-of-memory killer)
+        print("vtviz export: error: a worker process died (killed, e.g. by the out-of-memory killer); what "
+              "is written stays: rerun the same command to resume, with fewer --workers or a smaller "
+              "--batch-size if memory is short", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         close_distributed(d)

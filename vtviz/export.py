@@ -42,6 +42,7 @@ from .errors import ImageError, json_text
 from .explain import ood_scores, preprocess_for, token_maps
 from .faithful import class_maps, class_panels, class_title
 from .image import Geometry, Inputs, fit_image, load_image_reduced, scan_inputs, to_tensor
+from .indices import parse_indices
 from .maps import ImageMaps, Scale, TokenMaps, TokenStat, token_table
 from .meta import Fit, Preprocess
 from .render import Colormap
@@ -125,15 +126,21 @@ def atomic_write(path: Path, data: bytes) -> None:
     missing: a folder is looked for only then, as each costs a system call)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}")
     try:
-        f = open(tmp, "wb")
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(tmp, "wb")
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")
+    except OSError as exc:  # a full disk or a read-only folder: say which file
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     done = False
     try:
-        with f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk or a read-only folder: say which file
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         done = True
     finally:
         if not done:
@@ -146,17 +153,6 @@ def remove_stale_temporaries(out_dir: Path) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
-
-
-def parse_indices(text: str | None) -> tuple[int, ...] | None:
-    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)``; None or ``"all"`` -> None."""
-    if text is None or text.strip().lower() in ("", "all"):
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        a, _, b = part.strip().partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    return tuple(out)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -535,6 +531,16 @@ def _unchanged(path: Path, sha256: str) -> bool:
         return False
 
 
+def check_selection(model: nn.Module, layers: Sequence[int] | None, tokens: Sequence[int] | None) -> None:
+    """Raise ValueError when ``layers`` or ``tokens`` name a layer or token the model lacks."""
+    num_layers = len(getattr(model, "vt_layers", ()))
+    num_tokens = model_meta(model).config.num_tokens
+    for what, chosen, count in (("layer", layers, num_layers), ("token", tokens, num_tokens)):
+        bad = [i for i in (chosen or ()) if not 0 <= i < count]
+        if bad:
+            raise ValueError(f"{what} {bad[0]} is out of range: the model has {count} {what}s (0-{count - 1})")
+
+
 def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
            options: ExportOptions = ExportOptions(), *, batch_size: int = 16, workers: int = 2,
            writers: int = 2, resume: bool = True, progress: bool = True, rank: int = 0,
@@ -547,6 +553,7 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
     not exported, recorded as they are: ``(path, status, reason)`` with status ``"error"`` (a
     failed input) or ``"not an image"`` (skipped by :func:`vtviz.image.scan_inputs`'s rule).
     """
+    check_selection(model, options.layers, options.tokens)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = model_meta(model)
@@ -560,6 +567,8 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                             device=str(next(model.parameters()).device), model=model_name or meta.name,
                             world_size=world)
     part = out / PARTS / f"rank{rank:03d}-of-{world:03d}.jsonl"
+    if not todo and not notes and world == 1 and (out / MANIFEST).exists() and not part.exists():
+        return summary  # a finished export: nothing to do, nothing written (a read-only copy works)
     part.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"export{f' rank {rank}' if world > 1 else ''}",

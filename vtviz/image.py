@@ -28,6 +28,9 @@ ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
 
 #: Largest image accepted by default (pixels); above it decoding is refused.
 MAX_PIXELS = 64_000_000
+#: Largest image file read (bytes), checked before reading: a decoder may need several times
+#: a file's size (a 200 MB PNG with a huge text chunk cost 800 MB in a fault run).
+MAX_FILE_BYTES = 128 * 2**20
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 )
@@ -65,7 +68,7 @@ class ReducedImage(NamedTuple):
 
 
 def load_image_reduced(source: ImageSource, least: tuple[int, int] | None, *, name: str | None = None,
-                       max_pixels: int = MAX_PIXELS) -> ReducedImage:
+                       max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES) -> ReducedImage:
     """:func:`load_image`, but a JPEG is decoded at 1/2, 1/4 or 1/8 of its size by the decoder
     itself (DCT scaling: a 12 MP photo ~6x faster) as long as its longer and shorter sides stay
     at least ``least`` = (longer, shorter) px; other formats, or ``least`` None, at full size."""
@@ -78,12 +81,19 @@ def load_image_reduced(source: ImageSource, least: tuple[int, int] | None, *, na
     else:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
+            if len(data) > max_bytes:
+                raise ImageError(label, f"file too large: {len(data) / 2**20:.0f} MiB, the limit is "
+                                        f"{max_bytes / 2**20:.0f} MiB")
         else:
             path = Path(source)
             if not path.exists():
-                raise ImageError(label, "no such file")
+                raise ImageError(label, "a dangling or looping symbolic link" if os.path.lexists(path)
+                                 else "no such file")
             if not path.is_file():
                 raise ImageError(label, "not a file")
+            if (nbytes := path.stat().st_size) > max_bytes:
+                raise ImageError(label, f"file too large: {nbytes / 2**20:.0f} MiB, the limit is "
+                                        f"{max_bytes / 2**20:.0f} MiB")
             data = path.read_bytes()
         if not data:
             raise ImageError(label, "empty file (0 bytes)")
@@ -124,7 +134,7 @@ def load_image_reduced(source: ImageSource, least: tuple[int, int] | None, *, na
     except Exception as exc:
         raise ImageError(label, f"cannot decode ({type(exc).__name__}: {exc})") from None
     try:
-        image = _pil_to_rgb(img)
+        image = _pil_to_rgb(img, label)
     except ImageError:
         raise
     except Exception as exc:
@@ -133,14 +143,14 @@ def load_image_reduced(source: ImageSource, least: tuple[int, int] | None, *, na
     return ReducedImage(image, factor, full)
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+def _pil_to_rgb(img: Image.Image, label: str) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         arr = np.asarray(img).astype(np.float64)
         peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return _array_to_rgb((arr / peak).astype(np.float32), "<image>", None)
+        return _array_to_rgb((arr / peak).astype(np.float32), label, None)
     if mode == "F":
-        return _array_to_rgb(np.asarray(img, dtype=np.float32), "<image>", None)
+        return _array_to_rgb(np.asarray(img, dtype=np.float32), label, None)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -371,7 +381,8 @@ def scan_inputs(inputs: Sequence[str | Path]) -> Inputs:
     non-hidden regular files whose content starts like an image (JPEG, PNG, GIF, BMP, TIFF,
     WebP, PPM/PGM); the rest are ``skipped`` (reported, not errors). Files named explicitly
     are taken whatever their suffix, so that a bad one is reported. Named paths that are not
-    regular files (a FIFO, a device, a dangling or looping symbolic link) are ``rejected``.
+    regular files (a FIFO, a device, a dangling or looping symbolic link) or that match nothing
+    are ``rejected``, with the reason.
     """
     import glob
 
@@ -396,8 +407,8 @@ def scan_inputs(inputs: Sequence[str | Path]) -> Inputs:
             rejected.append((p, reason))
         else:
             matches = sorted(glob.glob(str(item), recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"{item}: no such file, folder or matching pattern")
+            if not matches:  # one missing path never stops the others
+                rejected.append((p, "no such file, folder or matching pattern"))
             found += [Path(m) for m in matches if Path(m).is_file()]
     unique: dict[Path, Path] = {}  # first occurrence of each file wins, order kept
     for p in found:
@@ -408,3 +419,10 @@ def scan_inputs(inputs: Sequence[str | Path]) -> Inputs:
 def iter_image_files(inputs: Sequence[str | Path]) -> list[Path]:
     """The image files of :func:`scan_inputs` (files, folders and globs; see its rule)."""
     return scan_inputs(inputs).files
+
+
+def shown_path(path: str | Path) -> str:
+    """A path for one line of output: as it is when printable, else with its control
+    characters escaped (a newline in a file name must not split an output line)."""
+    text = str(path)
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")

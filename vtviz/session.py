@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import list_pretrained, load_model
-from .errors import CheckpointError
+from .errors import CheckpointError, ImageError
 from .explain import explain_images
 from .image import MAX_PIXELS, load_image
 from .maps import ImageMaps
@@ -68,6 +68,8 @@ class ModelStore:
     def add_upload(self, data: bytes, filename: str) -> str:
         """Store uploaded checkpoint bytes under a hash name (never the user's file name),
         load it, and return its key. Raises :class:`~vtviz.errors.CheckpointError` if invalid."""
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise CheckpointError(f"{filename}: {too_large(len(data))}")
         suffix = ".pt" if filename.lower().endswith((".pt", ".pth")) else ".safetensors"
         path = upload_dir() / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
         if not path.exists() or path.read_bytes() != data:  # private folder; the content is checked anyway
@@ -103,6 +105,17 @@ class Upload:
     data: bytes
 
 
+#: Largest upload the app takes (an image or a checkpoint), enforced here whatever folder
+#: Streamlit was started from (``.streamlit/config.toml``'s ``maxUploadSize`` applies only when
+#: it is started from the repository root).
+MAX_UPLOAD_BYTES = 50 * 2**20
+
+
+def too_large(nbytes: int) -> str:
+    """The message for an upload over :data:`MAX_UPLOAD_BYTES`."""
+    return f"upload too large: {nbytes / 2**20:.0f} MiB, the app takes at most {MAX_UPLOAD_BYTES >> 20} MiB"
+
+
 #: The app keeps (and draws on) uploads at most this many pixels on their longer side, so that
 #: its cache holds a bounded amount per photo (an 8000 x 8000 upload would hold 192 MB).
 DISPLAY_SIDE = 1600
@@ -112,6 +125,8 @@ def explain_upload(model: nn.Module, upload: Upload, fit: Fit | str | None = Non
                    max_pixels: int = MAX_PIXELS, max_side: int = DISPLAY_SIDE) -> ImageMaps:
     """Decode one uploaded image (errors name the file), bring it to at most ``max_side`` px on
     its longer side, and explain it (maps and geometry refer to that copy)."""
+    if len(upload.data) > MAX_UPLOAD_BYTES:
+        raise ImageError(upload.name, too_large(len(upload.data)))
     image = load_image(upload.data, name=upload.name, max_pixels=max_pixels)
     if max(image.shape[:2]) > max_side:
         image = resize_image(image, fit_size(image.shape[:2], max_side))
