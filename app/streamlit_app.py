@@ -18,10 +18,10 @@ from vtviz import render, views
 from vtviz.diagnostics import diagnose
 from vtviz.errors import CheckpointError, VTVizError
 from vtviz.explain import preprocess_for
-from vtviz.indices import parse_indices
 from vtviz.faithful import ClassMaps, class_maps, class_panels, class_title
 from vtviz.gallery import Gallery, GalleryOptions, gallery_of_images, load_gallery
 from vtviz.image import load_image, prepare
+from vtviz.indices import parse_indices
 from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap

@@ -124,9 +124,9 @@ def test_token_ranges_are_bounded_before_they_are_expanded():
 
 
 def test_export_refuses_layers_and_tokens_the_model_lacks(tmp_path, checkpoint, rgb):
-    from vtviz.cli import main
-
     from PIL import Image
+
+    from vtviz.cli import main
 
     img = tmp_path / "a.png"
     Image.fromarray(rgb).save(img)

@@ -117,8 +117,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_gallery(args: argparse.Namespace) -> int:
     from .export import iter_inputs
-    from .indices import parse_indices
     from .gallery import GalleryOptions, build_gallery
+    from .indices import parse_indices
     from .model import VTModel
     from .runtime import close_distributed, init_distributed
 
@@ -190,8 +190,8 @@ def _evaluation_text(result: dict) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportOptions, export, input_notes
-    from .indices import parse_indices
     from .image import scan_inputs
+    from .indices import parse_indices
     from .runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
