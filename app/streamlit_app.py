@@ -31,6 +31,16 @@ from vtviz.session import ModelStore, Upload, content_hash, explain_upload, plai
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-r18-imagenette-v7"
 PAGE = 8  # images per page: many uploads never render hundreds of overlays at once
+COLUMNS = 3  # photos per row in the overview
+OVERVIEW_SIZE = 320  # px: the overview's pictures are shown at their own size (text stays >= 12 px)
+STRIP_CELL = 112  # px: one token of the selected photo in the overview's strip
+ORIENTATION = (
+    "A **visual token** is a soft spotlight over the photo: the model pools what lies under each of its "
+    "16 spotlights into one token, lets the tokens exchange information, and answers from them. "
+    "Below, each photo shows where its spotlights fall (each coloured outline holds half of one token's "
+    "light, its number at the brightest spot) with the model's answer, then the spotlights of one photo "
+    "one by one. Next, try **Token grid** (one token across photos), **Why this class** (which tokens "
+    "carry the answer) or **Filter vs recurrent** (the first and the second tokenizer).")
 
 st.set_page_config(page_title="vtviz: visual tokens", layout="wide")
 _started = time.perf_counter()
@@ -175,6 +185,7 @@ options = views.RenderOptions(Colormap(colormap), alpha, Scale(scale), cell=200,
 
 # --------------------------------------------------------------------------- images
 st.title("What do the visual tokens see?")
+st.markdown(ORIENTATION)
 # No type filter: vtviz decodes by content (".JPEG", ".jfif", ... all work) and names bad files.
 files = st.file_uploader("Drop images here", accept_multiple_files=True, key="images")
 uploads, familiar = ([Upload(f.name, f.getvalue()) for f in files], False) if files else samples()
@@ -222,11 +233,29 @@ with st.expander("Diagnostics: do the transformer and projector relate tokens?")
         for warning in d.warnings():
             st.warning(f"layer {i}: {warning}")
 
-VIEWS = ["Token grid", "All tokens", "Why this class", "Filter vs recurrent", "Compare models", "Token gallery",
+VIEWS = ["Overview", "Token grid", "All tokens", "Why this class", "Filter vs recurrent", "Compare models", "Token gallery",
          "Token details"]
 view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered
 
-if view == "Token grid":
+if view == "Overview":
+    cols = st.columns(COLUMNS)
+    for n, i in enumerate(page_ids):
+        with cols[n % COLUMNS]:
+            st.image(render.encode(views.constellation_view(result, i, layer, tokens, size=OVERVIEW_SIZE,
+                                                            options=options, title=False), "jpg", quality=92),
+                     width=OVERVIEW_SIZE)
+            st.markdown(f"**{plain(names[i])}** · {plain(result.prediction_label(i))}")
+            if (note := result.unfamiliar_note(i)) is not None:
+                st.caption(plain(note))
+    image = st.selectbox("Tokens of", page_ids, format_func=lambda i: names[i], key="strip_image")
+    strip, _ = views.overlays(result, layer, tokens, kind, dataclasses.replace(options, contour=None),
+                              [image], cell=STRIP_CELL)
+    st.image([render.encode(p, "jpg", quality=90) for p in strip[0]], caption=[f"token {t}" for t in tokens],
+             width=STRIP_CELL)
+    st.caption(f"Each token's {kind_names[kind]} over {plain(names[image])}, brighter where it looks more "
+               "(each map on its own colour scale unless 'shared' is chosen in the sidebar).")
+
+elif view == "Token grid":
     grid = views.token_grid(result, layer, tokens, kind, options, names=names, images=page_ids)
     st.image(render.encode(grid, "jpg", quality=92),  # fast to encode and send; PNG on download
              caption="rows: tokens · columns: images (top prediction above)")
@@ -261,7 +290,8 @@ elif view == "Why this class":
                    "below explains a prediction that probably means nothing.")
     cm = class_maps_cached(model_key, content_hash(shown[image].data), fit, target, shown[image])
     st.image(render.encode(views.class_map_view(result.images[image], result.geometries[image],
-                                                class_panels(cm, 0), class_title(cm, 0, result.classes),
+                                                class_panels(cm, 0),
+                                                class_title(cm, 0, result.classes, result.maps.logits[image]),
                                                 options, size=360), "jpg", quality=92))
     st.caption("Class token map: each token's tokenizer attention weighted by its contribution to this "
                "class's logit (gradient x token), summed, positive part. For the last layer the "

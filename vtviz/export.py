@@ -609,7 +609,8 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
                 b.fitted = None  # the drawing needs the photo only: less to send to the workers
             maps = token_maps(model, x).cpu()
             cm = class_maps(model, x) if options.class_maps and options.images else None
-            scores, threshold = ood_scores(model, maps)
+            flag = ood_scores(model, maps, [b.image for b in batch])  # type: ignore[misc]
+            scores, threshold = flag.scores, flag.threshold
             # statistics of the whole batch at once (torch's per-call overhead once, not per image)
             table = token_table(maps, [b.geometry for b in batch], options.layers)  # type: ignore[misc]
             diagnostics = image_diagnostics(maps)
@@ -617,9 +618,11 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             for r in table:
                 rows[r.image].append(r)  # each image's rows (the record drops the batch index)
             for j, item in enumerate(batch):
-                ood = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
+                ood: dict[str, Any] | None = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
                                                    "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
-                why = None if cm is None else (class_title(cm, j, meta.classes), class_panels(cm, j))
+                if ood is not None and flag.looks_like is not None:
+                    ood["looks_like"] = flag.looks_like[j]
+                why = None if cm is None else (class_title(cm, j, meta.classes, maps.logits[j]), class_panels(cm, j))
                 job = (item, maps.select(j), meta.classes, options, out, ood, summary.model, fingerprint, why,
                        (rows[j], diagnostics[j]))
                 pending.append(pool.submit(_render_packed, _pack(job)) if procs is not None

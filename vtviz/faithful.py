@@ -104,10 +104,12 @@ def class_panels(cm: ClassMaps, image: int) -> list[tuple[str, Tensor]]:
     return panels + [("Grad-CAM", cm.gradcam[image])]
 
 
-def class_title(cm: ClassMaps, image: int, classes: Sequence[str]) -> str:
-    """"why CLASS (p ...)" for one image of ``cm``."""
+def class_title(cm: ClassMaps, image: int, classes: Sequence[str], logits: Tensor | None = None) -> str:
+    """"why CLASS (p ...)" for one image of ``cm``. ``logits`` ``[classes]``: the image's logits
+    from the pass whose prediction is shown beside it (so that a photo shows one probability in
+    every view); by default those of the class-map pass itself (float32, no mixed precision)."""
     t = int(cm.target[image])
-    p = float(cm.logits[image].softmax(-1)[t])
+    p = float((cm.logits[image] if logits is None else logits.float()).softmax(-1)[t])
     return f"why '{classes[t]}' (p {p:.2f}): class token map per layer beside Grad-CAM"
 
 

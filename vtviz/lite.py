@@ -255,6 +255,7 @@ class VTLite(VTModel):
     """
 
     feature_channels = MID_CHANNELS + FEATURE_CHANNELS
+    stem: LiteBackbone
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -284,6 +285,11 @@ class VTLite(VTModel):
                 values = out.features
         assert tokens is not None
         return VTOutput(self.fc(tokens.mean(dim=1)), tuple(outputs), (h, w))
+
+    def last_stage(self) -> nn.Module:
+        """The backbone's last stage (stride 32 and the head convolution)."""
+        n = self.stem.net
+        return nn.ModuleList([*n._blocks[MID_BLOCKS:], n._conv_head, n._bn1])
 
     def load_teacher(self, teacher: EfficientNetLite0) -> None:
         """Copy the teacher's backbone and classifier (the model then equals the teacher)."""

@@ -218,7 +218,7 @@ def _map_kinds(cm: ClassMaps) -> dict[str, Tensor]:
 def _randomisation(model: VTModel, x: Tensor, cm: ClassMaps, seed: int) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(seed)
     rnd = copy.deepcopy(model)
-    parts: list[nn.Module] = [rnd.fc, rnd.vt_layers[-1], rnd.vt_layers[0], rnd.stem.layer3]
+    parts: list[nn.Module] = [rnd.fc, rnd.vt_layers[-1], rnd.vt_layers[0], rnd.last_stage()]
     ref = _map_kinds(cm)
     out: list[dict[str, Any]] = [{} for _ in range(x.shape[0])]
     for step, part in zip(RANDOMISATION_STEPS, parts):

@@ -128,7 +128,8 @@ class ImageMaps:
     images: original RGB uint8 arrays ``[H_i, W_i, 3]``; geometries: where each sits in
     the input; maps: :class:`TokenMaps` for the batch (on the CPU); classes: label names;
     ood_scores: each image's out-of-distribution score (:mod:`vtviz.ood`) and ood_threshold
-    the model's flag level, both None for a model without the flag.
+    the model's flag level, both None for a model without the flag; looks_like: per image, the
+    1000-class reference's top class (a reference flag only, else None).
     """
 
     images: list[np.ndarray]
@@ -137,6 +138,7 @@ class ImageMaps:
     classes: tuple[str, ...]
     ood_scores: tuple[float, ...] | None = None
     ood_threshold: float | None = None
+    looks_like: tuple[str, ...] | None = None
 
     def unfamiliar(self) -> list[bool] | None:
         """Per image: True when it is unlike the training photos (its prediction is then not to
@@ -146,10 +148,23 @@ class ImageMaps:
         return [s > self.ood_threshold for s in self.ood_scores]
 
     def prediction_label(self, i: int) -> str:
-        """E.g. ``"tench 97%"`` or ``"tench 97% · unfamiliar photo"`` for image ``i``."""
+        """E.g. ``"tench 97%"``, or for a flagged photo ``"unfamiliar: looks like baboon"`` (the
+        model's own label for it would be a confident wrong answer)."""
         cls, p = self.top_k(1)[i][0]
         flags = self.unfamiliar()
-        return f"{cls} {p:.0%}" + (" · unfamiliar photo" if flags and flags[i] else "")
+        if flags and flags[i]:
+            return f"unfamiliar: looks like {self.looks_like[i]}" if self.looks_like else \
+                f"{cls} {p:.0%} · unfamiliar photo"
+        return f"{cls} {p:.0%}"
+
+    def unfamiliar_note(self, i: int) -> str | None:
+        """For a flagged photo, what to tell a person, e.g. ``"looks like: baboon — not one of
+        this model's 10 classes"``; None when it is not flagged or there is no flag."""
+        flags = self.unfamiliar()
+        if not flags or not flags[i]:
+            return None
+        seen = f"looks like: {self.looks_like[i]} — " if self.looks_like else "unfamiliar photo: probably "
+        return f"{seen}not one of this model's {len(self.classes)} classes"
 
     def top_k(self, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class, probability) per image."""
@@ -162,18 +177,21 @@ class ImageMaps:
         """The given images, in that order."""
         idx = list(index)
         scores = None if self.ood_scores is None else tuple(self.ood_scores[i] for i in idx)
+        looks = None if self.looks_like is None else tuple(self.looks_like[i] for i in idx)
         return ImageMaps([self.images[i] for i in idx], [self.geometries[i] for i in idx],
-                         self.maps.select(idx), self.classes, scores, self.ood_threshold)
+                         self.maps.select(idx), self.classes, scores, self.ood_threshold, looks)
 
     @staticmethod
     def concat(parts: Sequence[ImageMaps]) -> ImageMaps:
         """Join results of separate runs of the same model (images in order)."""
         scores = (None if any(p.ood_scores is None for p in parts)
                   else tuple(s for p in parts for s in p.ood_scores or ()))
+        looks = (None if any(p.looks_like is None for p in parts)
+                 else tuple(s for p in parts for s in p.looks_like or ()))
         return ImageMaps([im for p in parts for im in p.images],
                          [g for p in parts for g in p.geometries],
                          TokenMaps.concat([p.maps for p in parts]), parts[0].classes, scores,
-                         parts[0].ood_threshold)
+                         parts[0].ood_threshold, looks)
 
 
 def top_k(logits: Tensor, classes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:

