@@ -120,7 +120,7 @@ class ReferenceFlag:
         from .image import prepare
         from .runtime import inference, to_model_input
 
-        meta = cast(ModelMeta, getattr(self.reference, "meta"))
+        meta = cast(ModelMeta, self.reference.meta)
         scores, names = [], []
         for s in range(0, len(images), batch_size):
             batch, _ = prepare(list(images[s:s + batch_size]), meta.preprocess)
