@@ -233,8 +233,8 @@ with st.expander("Diagnostics: do the transformer and projector relate tokens?")
         for warning in d.warnings():
             st.warning(f"layer {i}: {warning}")
 
-VIEWS = ["Overview", "Token grid", "All tokens", "Why this class", "Filter vs recurrent", "Compare models", "Token gallery",
-         "Token details"]
+VIEWS = ["Overview", "Token grid", "All tokens", "Why this class", "Filter vs recurrent", "Compare models",
+         "Token gallery", "Token details"]
 view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered
 
 if view == "Overview":

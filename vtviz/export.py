@@ -618,8 +618,10 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
             for r in table:
                 rows[r.image].append(r)  # each image's rows (the record drops the batch index)
             for j, item in enumerate(batch):
-                ood: dict[str, Any] | None = None if scores is None else {"score": round(scores[j], 4), "threshold": threshold,
-                                                   "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
+                ood: dict[str, Any] | None = None
+                if scores is not None:
+                    ood = {"score": round(scores[j], 4), "threshold": threshold,
+                           "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
                 if ood is not None and flag.looks_like is not None:
                     ood["looks_like"] = flag.looks_like[j]
                 why = None if cm is None else (class_title(cm, j, meta.classes, maps.logits[j]), class_panels(cm, j))
