@@ -48,7 +48,16 @@ def _png(seed: int, size=(120, 90)) -> bytes:
 
 
 def _grid_url(at) -> str:
+    """The token grid's picture (the grid view is opened first when another view is shown)."""
+    if at.radio(key="view").value != "Token grid":
+        at.radio(key="view").set_value("Token grid")
+        at.run()
     return at.image[0].value[0]
+
+
+def _show(at, view: str) -> None:
+    at.radio(key="view").set_value(view)
+    at.run()
 
 
 def _by_label(widgets, label: str):
@@ -59,8 +68,14 @@ def test_default_start_shows_samples(app):
     app.run()
     assert not app.exception, app.exception
     assert not app.error
-    assert app.image[0].captions[0].startswith("rows: tokens")
+    assert app.markdown[0].value.startswith("A **visual token** is a soft spotlight")
+    assert app.radio(key="view").value == "Overview"
+    # the overview: each photo's tokens at once with one prediction, then one photo's 16 tokens
+    assert len(app.image) == 4 + 1 and len(app.image[-1].value) == 16
+    assert [c for c in app.image[-1].captions][:2] == ["token 0", "token 1"]
     assert app.calls["n"] == 4  # the four sample photos; other views run only when shown
+    _show(app, "Token grid")
+    assert app.image[0].captions[0].startswith("rows: tokens")
     model_box = _by_label(app.sidebar.selectbox, "Model")
     assert model_box.value == "vt-r18-imagenette-v7"
     assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(0))
@@ -151,6 +166,7 @@ def test_bad_upload_named_others_render(app):
     app.run()
     assert not app.exception
     assert any("broken\\.png" in e.value for e in app.error)  # the name, escaped for Markdown
+    _show(app, "Token grid")
     assert app.image[0].captions[0].startswith("rows: tokens")
 
 
@@ -180,6 +196,7 @@ def test_bad_checkpoint_keeps_previous_model(app, tmp_path, small_model):
     assert not app.exception
     assert any("Not a usable vtviz model" in e.value for e in app.error)
     assert _by_label(app.sidebar.selectbox, "Model").value == "vt-r18-imagenette-v7"
+    _show(app, "Token grid")
     assert app.image[0].captions[0].startswith("rows: tokens")
     good = tmp_path / "mine.safetensors"
     vtviz.save_model(small_model, good, vtviz.model_meta(small_model))
