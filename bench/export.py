@@ -10,7 +10,7 @@ Prints, measured in one run on the same images, model and machine load:
   peak resident memory of exporting one 24 MP photo, and one 0.06 MP photo (a fresh process
   each, decoding in the process so that its peak is the whole footprint)   (target <= 1.5 GiB).
 
-    python bench/export.py [--model vt-r18-imagenette] [--images 256] [--data FOLDER] [--no-memory]
+    python bench/export.py [--model vt-lite0-imagenet] [--images 256] [--data FOLDER] [--no-memory]
         [--out-root FOLDER] [--large 32]
 
 Also prints what creating one new file costs in the output's file system (CPU time: on some
@@ -131,7 +131,7 @@ def peak_rss_kib() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="vt-r18-imagenette")
+    parser.add_argument("--model", default="vt-lite0-imagenet")
     parser.add_argument("--data", default=None)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)

@@ -3,7 +3,7 @@
 Prints the ratio time(vtviz.token_maps) / time(model(x)), both in inference_mode with the
 same autocast and memory format, interleaved and repeated (median). Target: <= 1.05.
 
-    python bench/token_maps.py [--model vt-r18-imagenette] [--batch 32] [--size 224]
+    python bench/token_maps.py [--model vt-lite0-imagenet] [--batch 32] [--size 224]
 """
 
 from __future__ import annotations

@@ -55,15 +55,24 @@ def app_models(tmp_path_factory):
     """The bundled models when present; otherwise random stand-ins under the same names."""
     from vtviz import checkpoint
 
-    names = {"vt-r18-imagenette": ("filter", "recurrent"), "vt-r18-filter-imagenette": ("filter", "filter"),
-             "vt-r18-imagenette-v4": ("filter", "recurrent"), "vt-r18-imagenette-v5": ("filter", "recurrent"),
-             "vt-r18-imagenette-v6": ("filter", "recurrent"), "vt-r18-imagenette-v7": ("filter", "recurrent")}
+    names = {"vt-r18-imagenette-v7": ("filter", "recurrent"), "vt-r18-filter-imagenette-v7": ("filter", "filter"),
+             "vt-lite0-imagenet": ("filter", "recurrent")}
     if all(n in vtviz.list_pretrained() for n in names):
         yield checkpoint.PRETRAINED_DIR
         return
     folder = tmp_path_factory.mktemp("pretrained")
     for name, kinds in names.items():
         torch.manual_seed(1)
+        if name.startswith("vt-lite0"):
+            from vtviz.distill import LITE_PREPROCESS
+            from vtviz.lite import vt_lite0
+            from vtviz.teacher import imagenet_categories, load_efficientnet_lite0
+
+            lite = vt_lite0()
+            lite.load_teacher(load_efficientnet_lite0())
+            vtviz.save_model(lite, folder / name, ModelMeta(config=lite.config, classes=tuple(imagenet_categories()),
+                                                            preprocess=LITE_PREPROCESS, name=name))
+            continue
         model = vtviz.vt_resnet18(num_classes=10, tokenizers=kinds)
         meta = ModelMeta(config=model.config, classes=tuple(f"class{i}" for i in range(10)),
                          preprocess=Preprocess(size=224), name=name)

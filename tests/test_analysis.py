@@ -137,7 +137,7 @@ def test_deleting_credited_tokens_hurts_more(app_models):
     import skimage.data as sk
 
     photos = [sk.chelsea(), sk.coffee(), sk.rocket()]
-    for name in ("vt-r18-imagenette", "vt-r18-filter-imagenette"):
+    for name in ("vt-r18-imagenette-v7", "vt-r18-filter-imagenette-v7"):
         model = vtviz.load_model(name, device="cpu")
         for photo in photos:
             ta = analysis.token_attribution(model, photo, layer=-1, steps=16)

@@ -121,7 +121,7 @@ def test_upload_switch_layer_tokens_kind_model(app):
     _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.ASSIGNMENT)
     app.run()
     assert not app.exception
-    _by_label(app.sidebar.selectbox, "Model").set_value("vt-r18-filter-imagenette")
+    _by_label(app.sidebar.selectbox, "Model").set_value("vt-r18-filter-imagenette-v7")
     app.run()
     assert not app.exception and app.calls["n"] == 8
     assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(1))
@@ -272,7 +272,7 @@ def test_gallery_folder_opens_in_the_app(app, tmp_path):
     for i in range(3):
         (src / f"p{i}.png").write_bytes(_png(10 + i))
     out = tmp_path / "gallery"
-    assert cli(["gallery", "--model", "vt-r18-imagenette", "--out", str(out), str(src), "--k", "2",
+    assert cli(["gallery", "--model", "vt-r18-imagenette-v7", "--out", str(out), str(src), "--k", "2",
                 "--device", "cpu", "--quiet"]) == 0
     app.run()
     _by_label(app.radio, "View").set_value("Token gallery")

@@ -21,7 +21,7 @@ from vtviz.session import ModelStore, Upload, explain_upload
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 # a bundled name or a checkpoint path (a lease's freshly trained model: tools/device_train.py)
-MODEL = os.environ.get("VTVIZ_TEST_MODEL", "vt-r18-imagenette")
+MODEL = os.environ.get("VTVIZ_TEST_MODEL", "vt-r18-imagenette-v7")
 
 
 @pytest.fixture(scope="module")

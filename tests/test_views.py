@@ -126,7 +126,7 @@ def test_default_grid_shows_every_token_on_real_photos(app_models):
     import vtviz
 
     photos = [sk.astronaut(), sk.chelsea(), sk.coffee(), sk.rocket(), sk.stereo_motorcycle()[0]]
-    model = vtviz.load_model("vt-r18-imagenette", device="cpu")
+    model = vtviz.load_model("vt-r18-imagenette-v7", device="cpu")
     res = vtviz.explain_images(model, photos)
     opts = views.RenderOptions(cell=200)  # what the app draws by default
     bare = dataclasses.replace(opts, alpha=0.0, contour=None, marker=False, dim=0.0)
