@@ -26,7 +26,15 @@ from vtviz.maps import Scale
 from vtviz.meta import Fit
 from vtviz.render import Colormap
 from vtviz.runtime import device_label
-from vtviz.session import ModelStore, Upload, content_hash, explain_upload, plain, sample_uploads
+from vtviz.session import (
+    ModelStore,
+    Upload,
+    comparable_first,
+    content_hash,
+    explain_upload,
+    plain,
+    sample_uploads,
+)
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-r18-imagenette-v7"
@@ -205,6 +213,13 @@ if result is None:
     st.warning("No image could be read.")
     st.stop()
 n_images = len(names)
+
+
+def photo_line(i: int) -> str:
+    """A photo's name and its one prediction (from the one forward pass every view draws)."""
+    return f"**{plain(names[i])}** · {plain(result.prediction_label(i))}"
+
+
 page_ids = list(range(n_images))
 if n_images > PAGE:
     pages = -(-n_images // PAGE)
@@ -244,7 +259,7 @@ if view == "Overview":
             st.image(render.encode(views.constellation_view(result, i, layer, tokens, size=OVERVIEW_SIZE,
                                                             options=options, title=False), "jpg", quality=92),
                      width=OVERVIEW_SIZE)
-            st.markdown(f"**{plain(names[i])}** · {plain(result.prediction_label(i))}")
+            st.markdown(photo_line(i))
             if (note := result.unfamiliar_note(i)) is not None:
                 st.caption(plain(note))
     image = st.selectbox("Tokens of", page_ids, format_func=lambda i: names[i], key="strip_image")
@@ -288,6 +303,7 @@ elif view == "Why this class":
     if (result.unfamiliar() or [False] * n_images)[image]:
         st.warning("This photo is unlike the training photos (out-of-distribution flag): the evidence "
                    "below explains a prediction that probably means nothing.")
+    st.markdown(photo_line(image))  # the same line, from the same pass, as in the overview
     cm = class_maps_cached(model_key, content_hash(shown[image].data), fit, target, shown[image])
     st.image(render.encode(views.class_map_view(result.images[image], result.geometries[image],
                                                 class_panels(cm, 0),
@@ -313,7 +329,8 @@ elif view == "Filter vs recurrent":
                      "matched to it (Hungarian matching of the maps over all images shown)")
 
 elif view == "Compare models":
-    others = sorted((m for m in model_labels if m != model_label), key=lambda m: m != DEFAULT_MODEL)
+    others = comparable_first(meta, {m: vtviz.model_meta(store().get(st.session_state.models[m]))
+                                     for m in model_labels if m != model_label})
     if not others:
         st.info("Only one model is loaded: add a checkpoint to compare.")
     else:

@@ -364,3 +364,30 @@ def test_token_box_out_of_range_says_so(app):
     app.run()
     assert not app.exception, app.exception
     assert any("out of range: the model has 16 tokens" in w.value for w in app.sidebar.warning)
+
+
+def test_one_probability_per_photo_across_views(app):
+    """The overview and "Why this class" show the same prediction line for a photo: one forward
+    pass defines it (the class maps' own float32 pass never shows a second probability)."""
+    app.run()
+    overview = [m.value for m in app.markdown if m.value.startswith("**")]
+    assert len(overview) == 4 and all("%" in line or "unfamiliar" in line for line in overview)
+    _show(app, "Why this class")
+    assert not app.exception, app.exception
+    why = [m.value for m in app.markdown if m.value.startswith("**")]
+    assert why == [overview[0]]
+
+
+def test_compare_models_opens_on_the_comparable_model():
+    from vtviz.meta import ModelMeta, Preprocess
+    from vtviz.session import comparable_first
+
+    def meta(arch_model, classes):
+        return ModelMeta(config=arch_model.config, classes=classes, preprocess=Preprocess(size=64))
+
+    ten = tuple(f"c{i}" for i in range(10))
+    rec = vtviz.vt_resnet18(num_classes=10)
+    fil = vtviz.vt_resnet18(num_classes=10, tokenizers=("filter", "filter"))
+    other = vtviz.vt_resnet18(num_classes=5)
+    order = comparable_first(meta(rec, ten), {"other": meta(other, ten[:5]), "filter": meta(fil, ten)})
+    assert order == ["filter", "other"]

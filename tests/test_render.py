@@ -65,12 +65,16 @@ def test_partition_colours_follow_argmax():
     w = np.zeros((3, 2, 2), np.float32)
     w[0, 0, 0] = w[1, 0, 1] = w[2, 1, 0] = w[2, 1, 1] = 1
     image = np.zeros((40, 40, 3), np.uint8)
-    out = render.partition(image, w, alpha=1.0)
+    out = render.partition(image, w, alpha=1.0, labels=False)
     owners = render.resize_map(w, (40, 40)).argmax(0)
     for (y, x) in [(5, 5), (5, 35), (35, 5), (35, 35)]:
-        np.testing.assert_array_equal(out[y, x], render.PALETTE[owners[y, x]])
+        np.testing.assert_array_equal(out[y, x], render.TOKEN_COLORS[owners[y, x]])
     assert owners[5, 5] == 0 and owners[5, 35] == 1 and owners[35, 20] == 2
-    assert len({tuple(c) for c in render.PALETTE}) == len(render.PALETTE) >= 16
+    assert len({tuple(c) for c in render.TOKEN_COLORS}) == len(render.TOKEN_COLORS) == 16
+    labelled = render.partition(image, w, alpha=1.0)  # each owner's number written in its territory
+    assert (labelled != out).any(-1).sum() > 20
+    half = render.partition(np.full((40, 40, 3), 200, np.uint8), w)  # the photo shows through
+    assert 0 < np.abs(half.astype(int) - render.TOKEN_COLORS[owners][..., :3]).mean()
 
 
 def test_grid_shape_and_labels():

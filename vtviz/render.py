@@ -447,12 +447,14 @@ def draw_outline(image: np.ndarray, region: np.ndarray, color: tuple[int, int, i
     return image
 
 
-def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.55,
-              mask: np.ndarray | None = None, palette: np.ndarray = PALETTE) -> np.ndarray:
+def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.35,
+              mask: np.ndarray | None = None, palette: np.ndarray = TOKEN_COLORS,
+              labels: bool = True) -> np.ndarray:
     """Colour each pixel by the token that owns it (argmax over ``weights`` ``[L, h, w]``).
 
-    Returns RGB uint8 ``[H, W, 3]``; token ``i`` has colour ``palette[i % len(palette)]``,
-    with borders between regions drawn dark.
+    Returns RGB uint8 ``[H, W, 3]``; token ``i`` has colour ``palette[i % len(palette)]`` at
+    opacity ``alpha`` (the photo stays visible), with borders between regions drawn dark and,
+    with ``labels``, each owner's number written inside its territory (at least 1% of it).
     """
     img = np.asarray(image)
     w = resize_map(weights, img.shape[:2])
@@ -467,6 +469,12 @@ def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.55,
     edges[:, 1:] |= owner[:, 1:] != owner[:, :-1]
     edges[1:, :] |= owner[1:, :] != owner[:-1, :]
     out[edges] = (out[edges] * 0.3).astype(np.uint8)
+    if labels:
+        counts = np.bincount(owner.ravel(), minlength=len(w))
+        for k in np.flatnonzero(counts >= 0.01 * owner.size):
+            ys, xs = np.nonzero(owner == k)
+            i = int(np.argmin((ys - np.median(ys)) ** 2 + (xs - np.median(xs)) ** 2))  # a pixel it owns
+            draw_label(out, str(k), (int(xs[i]) - 4, int(ys[i]) - 8), tuple(int(c) for c in palette[k % len(palette)]))
     return out
 
 

@@ -19,7 +19,7 @@ from .errors import CheckpointError, ImageError
 from .explain import explain_images
 from .image import MAX_PIXELS, load_image
 from .maps import ImageMaps
-from .meta import Fit
+from .meta import Fit, ModelMeta
 from .render import fit_size, resize_image
 
 _UPLOAD_DIR: Path | None = None
@@ -95,6 +95,17 @@ class ModelStore:
 def content_hash(data: bytes) -> str:
     """SHA-256 hex digest of some bytes (cache key of an uploaded image)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def comparable_first(current: ModelMeta, others: dict[str, ModelMeta]) -> list[str]:
+    """Labels of ``others`` with the most comparable model to ``current`` first: the same classes
+    and architecture (e.g. the other tokenizer arm of one recipe), then the same classes, then the
+    rest, each group in the given order."""
+    def rank(label: str) -> int:
+        meta = others[label]
+        same_classes = meta.classes == current.classes
+        return 0 if same_classes and meta.config.arch == current.config.arch else 1 if same_classes else 2
+    return sorted(others, key=rank)
 
 
 @dataclass(frozen=True)

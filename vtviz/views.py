@@ -272,7 +272,11 @@ def partition_view(result: ImageMaps, image: int, layer: int, size: int = 448,
     part = render.partition(render.resize_image(base, (h, w)), full.numpy(), mask=mask.numpy())
     by = "projector assignment" if use_assignment else "tokenizer attention"
     title = render.text_strip(f"{layer_label(layer, la)} · owner of each pixel by {by}", w)
-    leg = render.legend([f"token {t}" for t in range(weights.shape[0])], columns=max(1, min(8, w // 90)))
+    share = np.bincount(render.owners(weights.float().numpy()).ravel(), minlength=weights.shape[0]) / weights[0].numel()
+    shown = [t for t in range(weights.shape[0]) if share[t] > 0]  # tokens that own no pixel are not listed
+    leg = render.legend([f"token {t} · {share[t]:.0%}" for t in shown],
+                        palette=render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in shown]],
+                        columns=max(1, min(6, w // 110)), cell=(110, 18))
     return render.stack_vertical([title, part, leg])
 
 
