@@ -474,7 +474,8 @@ def partition(image: np.ndarray, weights: np.ndarray, alpha: float = 0.35,
         for k in np.flatnonzero(counts >= 0.01 * owner.size):
             ys, xs = np.nonzero(owner == k)
             i = int(np.argmin((ys - np.median(ys)) ** 2 + (xs - np.median(xs)) ** 2))  # a pixel it owns
-            draw_label(out, str(k), (int(xs[i]) - 4, int(ys[i]) - 8), tuple(int(c) for c in palette[k % len(palette)]))
+            r, g, b = (int(c) for c in palette[k % len(palette)])
+            draw_label(out, str(k), (int(xs[i]) - 4, int(ys[i]) - 8), (r, g, b))
     return out
 
 
