@@ -39,8 +39,9 @@ from vtviz.session import (
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-r18-imagenette-v7"
 PAGE = 8  # images per page: many uploads never render hundreds of overlays at once
-COLUMNS = 3  # photos per row in the overview
-OVERVIEW_SIZE = 320  # px: the overview's pictures are shown at their own size (text stays >= 12 px)
+COLUMNS = 4  # photos per row in the overview
+OVERVIEW_SIZE = 216  # px: the overview's pictures are shown at their own size at 1400 px wide
+MAIN_WIDTH = 900  # px: the main column's width at 1400 px (pictures are made to fit it)
 STRIP_CELL = 112  # px: one token of the selected photo in the overview's strip
 ORIENTATION = (
     "A **visual token** is a soft spotlight over the photo: the model pools what lies under each of its "
@@ -86,8 +87,8 @@ def gallery_cached(model_key: str, fit: str, hashes: tuple[str, ...], layer: int
 
 
 @st.cache_data(show_spinner=False)
-def samples() -> tuple[list[Upload], bool]:
-    return sample_uploads(SAMPLES)
+def samples(dataset: bool) -> tuple[list[Upload], bool]:
+    return sample_uploads(SAMPLES, "default" if dataset else None)
 
 
 def run_model(model_key: str, uploads: list[Upload], fit: str) -> tuple[vtviz.ImageMaps | None,
@@ -196,16 +197,15 @@ st.title("What do the visual tokens see?")
 st.markdown(ORIENTATION)
 # No type filter: vtviz decodes by content (".JPEG", ".jfif", ... all work) and names bad files.
 files = st.file_uploader("Drop images here", accept_multiple_files=True, key="images")
-uploads, familiar = ([Upload(f.name, f.getvalue()) for f in files], False) if files else samples()
+# a model of a few classes opens on photos of them (when the dataset is at hand) and one it does not know
+few_classes = len(meta.classes) <= 100
+uploads, familiar = ([Upload(f.name, f.getvalue()) for f in files], False) if files else samples(few_classes)
 if not files and familiar:
-    st.caption(f"Showing {len(uploads) - 1} Imagenette val photos (ImageNet's terms: research and education; "
-               "read from the dataset beside the repository, not part of vtviz) and one photo of something "
-               "the model does not know (the cat: its label says 'unfamiliar photo' only if the out-of-distribution "
-               "flag catches it, which it does for about half of such photos: see the model card). "
+    st.caption(f"Showing {len(uploads) - 1} Imagenette val photos (read from the dataset beside the repository; "
+               "ImageNet's terms: research and education) and a cat, which this model does not know. "
                "Upload your own above.")
 elif not files:
-    st.caption("Showing the bundled sample photos (see app/samples/README.md): none is of the model's classes. "
-               "Upload your own above.")
+    st.caption("Showing four photos that scikit-image ships (app/samples/README.md). Upload your own above.")
 result, shown = run_model(model_key, uploads, fit)
 names = [up.name for up in shown]
 captions = [plain(name) for name in names]  # image captions render Markdown: file names are made inert
@@ -229,25 +229,6 @@ if n_images > PAGE:
 diagnostics = diagnose(result.maps)
 for warning in views.view_warnings(diagnostics[layer], kind):
     st.warning(warning)
-with st.expander("Diagnostics: do the transformer and projector relate tokens?"):
-    st.caption("Per layer, over the images shown. Mixing targets: distinct tokens read most (per image, "
-               "of 16; 1 = every token reads one 'sink' token; 16 also for tokens reading only themselves, which "
-               "'reads itself' shows). Max received: the largest share of all "
-               "transformer attention one token receives. Owners: tokens owning >= 5% of the pixels in "
-               "the projector. Border sinks: tokens per image with most of their attention on the border. "
-               "Positional tokens need 8 or more images.")
-    st.dataframe([{"layer": f"{i} · {d.kind}", "mixing targets": round(d.mixing_targets, 2),
-                   "reads itself": None if d.self_read is None else round(d.self_read, 3),
-                   "max received": round(d.max_received, 3),
-                   "to registers": None if d.to_registers is None else round(d.to_registers, 3),
-                   "owners >= 5%": None if d.owners is None else round(d.owners, 2),
-                   "border sinks": round(d.border_sinks, 2),
-                   "positional": ", ".join(map(str, d.positional or [])) or "-"}
-                  for i, d in enumerate(diagnostics)])
-    for i, d in enumerate(diagnostics):
-        for warning in d.warnings():
-            st.warning(f"layer {i}: {warning}")
-
 VIEWS = ["Overview", "Token grid", "All tokens", "Why this class", "Filter vs recurrent", "Compare models",
          "Token gallery", "Token details"]
 view = st.radio("View", VIEWS, horizontal=True, key="view")  # only the chosen view is rendered
@@ -257,8 +238,8 @@ if view == "Overview":
     for n, i in enumerate(page_ids):
         with cols[n % COLUMNS]:
             st.image(render.encode(views.constellation_view(result, i, layer, tokens, size=OVERVIEW_SIZE,
-                                                            options=options, title=False), "jpg", quality=92),
-                     width=OVERVIEW_SIZE)
+                                                            options=options, title=False, legend=False),
+                                   "jpg", quality=92), width=OVERVIEW_SIZE)
             st.markdown(photo_line(i))
             if (note := result.unfamiliar_note(i)) is not None:
                 st.caption(plain(note))
@@ -271,9 +252,11 @@ if view == "Overview":
                "(each map on its own colour scale unless 'shared' is chosen in the sidebar).")
 
 elif view == "Token grid":
-    grid = views.token_grid(result, layer, tokens, kind, options, names=names, images=page_ids)
+    # cells sized so that the grid is shown at its own size (its labels stay >= 12 px)
+    fitted = dataclasses.replace(options, cell=max(96, min(200, (MAIN_WIDTH - 80) // len(page_ids) - 2)))
+    grid = views.token_grid(result, layer, tokens, kind, fitted, names=names, images=page_ids)
     st.image(render.encode(grid, "jpg", quality=92),  # fast to encode and send; PNG on download
-             caption="rows: tokens · columns: images (top prediction above)")
+             caption="rows: tokens · columns: images (top prediction above)", width=grid.shape[1])
     c1, c2, c3 = st.columns(3)  # files are made when clicked, not on every rerun
     c1.download_button("Grid (PNG)", lambda: views.png_bytes(grid), "vtviz-grid.png", "image/png")
     c2.download_button("Overlays (ZIP)",
@@ -308,7 +291,7 @@ elif view == "Why this class":
     st.image(render.encode(views.class_map_view(result.images[image], result.geometries[image],
                                                 class_panels(cm, 0),
                                                 class_title(cm, 0, result.classes, result.maps.logits[image]),
-                                                options, size=360), "jpg", quality=92))
+                                                options, size=(MAIN_WIDTH - 40) // 3), "jpg", quality=92))
     st.caption("Class token map: each token's tokenizer attention weighted by its contribution to this "
                "class's logit (gradient x token), summed, positive part. For the last layer the "
                "contributions are exact (the logits are linear in its tokens); for layer 0 they are a "
@@ -392,6 +375,26 @@ else:
     c1, c2 = st.columns(2)
     c1.image(views.mixing_view(result, image, layer), caption="token mixing (transformer attention)")
     c2.image(views.partition_view(result, image, layer, by=kind), caption="which token owns each pixel")
+
+st.divider()
+with st.expander("Diagnostics: do the transformer and projector relate tokens?"):
+    st.caption("Per layer, over the images shown. Mixing targets: distinct tokens read most (per image, "
+               "of 16; 1 = every token reads one 'sink' token; 16 also for tokens reading only themselves, which "
+               "'reads itself' shows). Max received: the largest share of all "
+               "transformer attention one token receives. Owners: tokens owning >= 5% of the pixels in "
+               "the projector. Border sinks: tokens per image with most of their attention on the border. "
+               "Positional tokens need 8 or more images.")
+    st.dataframe([{"layer": f"{i} · {d.kind}", "mixing targets": round(d.mixing_targets, 2),
+                   "reads itself": None if d.self_read is None else round(d.self_read, 3),
+                   "max received": round(d.max_received, 3),
+                   "to registers": None if d.to_registers is None else round(d.to_registers, 3),
+                   "owners >= 5%": None if d.owners is None else round(d.owners, 2),
+                   "border sinks": round(d.border_sinks, 2),
+                   "positional": ", ".join(map(str, d.positional or [])) or "-"}
+                  for i, d in enumerate(diagnostics)])
+    for i, d in enumerate(diagnostics):
+        for warning in d.warnings():
+            st.warning(f"layer {i}: {warning}")
 
 # How long this run took (read by the tests to compare a first render with a re-render).
 st.session_state["render_seconds"] = time.perf_counter() - _started

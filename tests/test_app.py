@@ -138,7 +138,7 @@ def test_upload_switch_layer_tokens_kind_model(app):
             assert not app.exception
         if view == "Why this class":  # class token maps beside Grad-CAM, for another class too
             first = app.image[0].value
-            assert len(app.dataframe[-1].value) == 16  # every token's contribution
+            assert len(app.dataframe[0].value) == 16  # every token's contribution (diagnostics: last)
             _by_label(app.selectbox, "Class").set_value(1 if "(predicted)" not in
                                                         _by_label(app.selectbox, "Class").options[1] else 2)
             app.run()

@@ -90,11 +90,13 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
             page.goto(server)
-            page.get_by_text("rows: tokens").first.wait_for(timeout=90_000)
-            before, _ = _grid_image(page)
+            page.get_by_text("Tokens of").first.wait_for(timeout=90_000)  # the overview
             ARTIFACTS.mkdir(exist_ok=True)
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-start.png"), full_page=False)  # the samples
+            page.get_by_text("Token grid", exact=True).first.click()
+            page.get_by_text("rows: tokens").first.wait_for(timeout=90_000)
+            before, _ = _grid_image(page)
             page.locator('[data-testid="stMain"] input[type="file"]').first.set_input_files(
                 [str(p) for p in _photos(tmp_path)])
             page.get_by_text("chelsea photo.jpg").first.wait_for(timeout=60_000)
@@ -141,5 +143,52 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
             page.get_by_text("its top").first.wait_for(timeout=90_000)
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-gallery.png"), full_page=False)
+        finally:
+            browser.close()
+
+
+_TEXT_CHECK = """() => {
+  const bad = [];
+  const root = document.querySelectorAll('[data-testid="stMain"], [data-testid="stSidebar"]');
+  for (const area of root) {
+    for (const el of area.querySelectorAll('p, label, span, li, h1, h2, h3, small, div[data-testid="stCaptionContainer"]')) {
+      const text = (el.innerText || '').trim();
+      if (!text || el.offsetParent === null) continue;
+      const cs = getComputedStyle(el);
+      if (parseFloat(cs.fontSize) < 12) bad.push(['small ' + cs.fontSize, text.slice(0, 60)]);
+      const clips = ['hidden', 'clip'].includes(cs.overflowX) || cs.textOverflow === 'ellipsis';
+      if (clips && el.scrollWidth > el.clientWidth + 1) bad.push(['cut', text.slice(0, 60)]);
+    }
+  }
+  const shrunk = [];
+  for (const img of document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')) {
+    if (img.naturalWidth && img.clientWidth < 0.98 * img.naturalWidth) shrunk.push([img.naturalWidth, img.clientWidth]);
+  }
+  return {bad, shrunk, height: document.querySelector('[data-testid="stMain"]').scrollHeight};
+}"""
+
+
+def test_first_screen_text_is_readable_and_never_cut(server):
+    """At 1400 x 900, the first screen's text is >= 12 px and never cut, its pictures are shown at
+    their own size (the text drawn into them stays >= 12 px), and it fits in about 1.5 screens."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server)
+            page.get_by_text("Tokens of").first.wait_for(timeout=120_000)
+            deadline = time.time() + 60
+            while page.locator('[data-testid="stMain"] [data-testid="stImage"] img').count() < 4 + 16:
+                assert time.time() < deadline, "the overview never finished drawing"
+                time.sleep(0.5)
+            time.sleep(1)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "first-screen.png"), full_page=True)
+            found = page.evaluate(_TEXT_CHECK)
+            assert not found["bad"], found["bad"]
+            assert not found["shrunk"], found["shrunk"]
+            assert found["height"] <= 1.6 * 900 + 200, found["height"]
         finally:
             browser.close()

@@ -10,11 +10,11 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "vtviz"
 #: layer of each module: a module may import modules of its own layer or below only
 LAYERS = {
-    "errors": 0, "model": 0, "meta": 0, "runtime": 0,
-    "ood": 0, "image": 1, "checkpoint": 1, "maps": 1, "data": 1,
+    "errors": 0, "model": 0, "lite": 0, "teacher": 0, "meta": 0, "runtime": 0, "indices": 0, "foreign": 0,
+    "ood": 0, "image": 0, "checkpoint": 1, "maps": 1, "data": 1,
     "diagnostics": 2, "render": 2, "views": 2,
-    "explain": 3, "gallery": 3, "session": 3, "evaluate": 3, "export": 3, "teacher": 3, "faithful": 3,
-    "analysis": 4, "train": 4, "mapeval": 4, "cli": 5, "__init__": 5, "__main__": 5,
+    "explain": 3, "gallery": 3, "session": 3, "evaluate": 3, "export": 3, "faithful": 3,
+    "analysis": 4, "train": 4, "distill": 4, "mapeval": 4, "cli": 5, "__init__": 5, "__main__": 5,
 }
 
 

@@ -244,6 +244,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import DistillConfig, distill
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "recipe")}
+    print(json_text({"checkpoint": str(distill(DistillConfig.from_recipe(args.recipe, **values)))}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vtviz`` command."""
     parser = argparse.ArgumentParser(prog="vtviz", description="Visual-token attention maps of VT models.")
@@ -256,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_train)
+    from .distill import add_arguments as distill_arguments
+
+    p = sub.add_parser("distill", help="distil VT-Lite0 (1000 classes) from its backbone: a recipe file")
+    distill_arguments(p)
+    p.set_defaults(func=cmd_distill)
     return parser
 
 

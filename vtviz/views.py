@@ -220,9 +220,9 @@ def _matched_column(result: ImageMaps, layer: int, tokens: Sequence[int], kind: 
     cells = []
     for t, cell in zip(tokens, ov[0]):
         text = matching.label(t)
-        strip = render.text_strip(text, cell.shape[1], 16, size=11,
+        strip = render.text_strip(text, cell.shape[1], 18, size=12,
                                   background=(255, 235, 200) if "weak" in text else (235, 245, 255))
-        cells.append(np.concatenate([strip, cell[16:]], axis=0))
+        cells.append(np.concatenate([strip, cell[18:]], axis=0))
     return cells
 
 
@@ -305,7 +305,7 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
                        isolate: int | None = None, size: int = 448,
                        options: RenderOptions = RenderOptions(),
                        regions: render.Regions | None = None, base: np.ndarray | None = None,
-                       title: bool = True) -> np.ndarray:
+                       title: bool = True, legend: bool = True) -> np.ndarray:
     """All tokens of one image at once: each token's 50%-mass region in its own colour
     (:data:`vtviz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
     photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
@@ -327,11 +327,12 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     heading = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
     leg = render.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
-    rows = [heading, pic, leg] if title else [pic, leg]
+    rows = [heading] if title else []
+    rows += [pic, leg] if legend else [pic]
     pieces = float(render.region_pieces(la.attention[image, toks].float().cpu().numpy()).mean()) if toks else 0.0
     if pieces >= FRAGMENTED:  # say on the view why it is a tangle
         note = f"spread-out maps: {pieces:.1f} pieces per token (see them one by one in the grid)"
-        rows.insert(1, render.text_strip(note, hw[1], size=11))
+        rows.insert(1 if title else 0, render.text_strip(note, hw[1], size=12))
     return render.stack_vertical(rows)
 
 
