@@ -255,3 +255,22 @@ def test_killed_worker_is_a_message_not_a_traceback(tmp_path, checkpoint, rgb, m
     err = capsys.readouterr().err
     assert "a worker process died" in err and "rerun the same command to resume" in err
     assert "Traceback" not in err
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch):
+    import importlib
+
+    from vtviz.errors import require
+
+    real = importlib.import_module
+
+    def no_scipy(name, *args, **kwargs):
+        if name.startswith("scipy"):
+            raise ImportError("No module named 'scipy'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", no_scipy)
+    with pytest.raises(ImportError, match=r"pip install 'vtviz\[app\]'"):
+        require("scipy.optimize")
+    with pytest.raises(ImportError, match=r"vtviz\[app\]"):  # where the library needs it: token matching
+        vtviz.maps.match_tokens(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import render, views
 from .checkpoint import model_meta
+from .errors import require
 from .explain import explain_images, preprocess_for, token_maps
 from .gallery import Gallery, GalleryBuilder, GalleryItem
 from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
@@ -155,7 +156,7 @@ class ClassProfile:
 
     def figure(self):
         """A heatmap Figure (classes x tokens)."""
-        import matplotlib.pyplot as plt
+        plt = require("matplotlib.pyplot")
 
         fig, ax = plt.subplots(figsize=(1 + 0.45 * self.profile.shape[1], 1 + 0.4 * len(self.classes)))
         im = ax.imshow(self.profile, cmap="viridis", aspect="auto")
@@ -253,7 +254,7 @@ def token_attribution(model: VTModel, image: ImageSource | Tensor, target: int |
     """How much each token of ``layer`` contributes to the ``target`` logit: Captum's
     ``LayerIntegratedGradients`` on the layer's output tokens, from the tokens of a baseline
     image (default: all-zero normalised input, i.e. the mean colour) to the image's."""
-    from captum.attr import LayerIntegratedGradients
+    LayerIntegratedGradients = require("captum.attr").LayerIntegratedGradients
 
     model.eval()
     x = _one(model, image).float()
@@ -278,7 +279,9 @@ def pixel_attribution(model: VTModel, image: ImageSource | Tensor, target: int |
                       method: Literal["gradcam", "ig"] = "gradcam", steps: int = 32) -> np.ndarray:
     """A pixel-space attribution ``[H, W]`` (input resolution) to set beside token maps:
     Grad-CAM on the stride-16 feature map, or Integrated Gradients summed over colours."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+    attr = require("captum.attr")
+    IntegratedGradients, LayerAttribution, LayerGradCam = (
+        attr.IntegratedGradients, attr.LayerAttribution, attr.LayerGradCam)
 
     model.eval()
     x = _one(model, image).float()
@@ -323,7 +326,7 @@ def token_deletion(model: VTModel, image: ImageSource | Tensor, target: int | st
 def attribution_figure(model: VTModel, image: ImageSource, target: int | str | None = None,
                        layer: int = 0, colormap: Colormap | str = Colormap.TURBO):
     """Side by side: the image, Grad-CAM, and the maps of the 3 tokens that IG credits most."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot")
 
     result = explain_images(model, [image])
     x = _one(model, result.images[0])

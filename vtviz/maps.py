@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import require
 from .image import Geometry
 from .model import VTOutput
 
@@ -541,7 +542,7 @@ def match_tokens(a: Tensor, b: Tensor) -> TokenMatching:
     """Hungarian matching (SciPy's ``linear_sum_assignment``) of the tokens of two sets of maps
     of the same images, ``[B, L, h, w]`` and ``[B, L', h', w']``, maximising the summed mean
     cosine similarity of paired maps (maps of another size are resized to ``a``'s)."""
-    from scipy.optimize import linear_sum_assignment
+    linear_sum_assignment = require("scipy.optimize").linear_sum_assignment
 
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"match_tokens needs maps of the same images, got {a.shape[0]} and {b.shape[0]}")

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from . import render
 from .diagnostics import REGISTER_SHARE, SELF_SHARE, SINK_SHARE, LayerDiagnostics
+from .errors import require
 from .image import Geometry, maps_to_original
 from .maps import ImageMaps, LayerMaps, Scale, TokenMatching, match_tokens, normalize_with_range, token_table
 from .render import Colormap
@@ -516,7 +517,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def figure(image: np.ndarray, title: str = "", width: float | None = None):
     """A matplotlib Figure showing an RGB picture at its own aspect (for notebooks)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot")
     from matplotlib.figure import Figure
 
     h, w = image.shape[:2]
