@@ -131,6 +131,7 @@ def test_pixel_attribution_shapes(small_model, rgb):
         analysis.pixel_attribution(small_model, rgb, method="lime")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_deleting_credited_tokens_hurts_more(app_models):
     """On the bundled models and real photos: removing the token that IG credits most lowers the
     target logit more than removing the one it credits least (faithfulness)."""

@@ -158,6 +158,7 @@ def _export_cmd(checkpoint: str, src: Path, out: Path) -> list[str]:
             "--workers", "1", "--batch-size", "2", "--writers", "1", "--quiet", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path, checkpoint):
     src = tmp_path / "in"
     _photos(src, 24)
@@ -189,6 +190,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, checkpoint):
     assert summary["exported"] >= 24 - done_before  # the rerun did the rest
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_single_process(tmp_path, checkpoint):
     src = tmp_path / "in"
     _photos(src, 7)
@@ -220,6 +222,7 @@ def _processes_with(mark: str) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_a_stopped_export_leaves_no_process(tmp_path, checkpoint, sig):
     import uuid
 
@@ -254,6 +257,7 @@ def test_a_stopped_export_leaves_no_process(tmp_path, checkpoint, sig):
         assert err.strip().splitlines() == ["interrupted: rerun the same command to resume"]
 
 
+@pytest.mark.slow
 def test_non_images_and_non_files_are_recorded_not_dropped(tmp_path, checkpoint):
     """A folder's README is recorded as 'not an image' (not a failure); a photo without a suffix
     is found by its content; a FIFO and a dangling link named on the command line are failed
@@ -277,6 +281,7 @@ def test_non_images_and_non_files_are_recorded_not_dropped(tmp_path, checkpoint)
     assert summary["failed"] == 2 and summary["not_images"] == 1 and summary["ok"] == 3
 
 
+@pytest.mark.slow
 def test_resume_redoes_changed_photos_and_changed_options(tmp_path, checkpoint):
     src = tmp_path / "in"
     paths = _photos(src, 3)
@@ -318,6 +323,7 @@ def test_non_finite_output_is_strict_json(tmp_path, checkpoint):
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.slow
 def test_drawing_in_worker_processes_equals_inline(tmp_path, checkpoint, monkeypatch, method):
     """Workers decode and draw in other processes, forked (CPU) or spawned (with CUDA in use):
     the same files, byte for byte, as inline."""
@@ -399,6 +405,7 @@ def _decode_here(*args):  # noqa: ANN002, ANN202 (the exporter's _decode, counte
     return _real_decode(*args)
 
 
+@pytest.mark.slow
 def test_decoding_starts_inline_and_keeps_input_order_when_workers_join(tmp_path, monkeypatch):
     """While the workers spawn, inputs are decoded in the exporter itself (the model need not
     wait ~2 s for them); once they run, decoding moves to them; the order never changes."""
@@ -444,6 +451,7 @@ print("exported", summary.exported)
 """
 
 
+@pytest.mark.slow
 def test_forked_workers_start_after_the_parent_used_its_thread_pools(tmp_path, checkpoint):
     """Workers forked from a process whose OpenCV and torch thread pools have run (a notebook,
     the app) do not hang (a forked child resizing OpenCV's pool, or running torch with the
@@ -498,6 +506,7 @@ def test_render_jobs_travel_with_their_tensors_intact():
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists() or platform.libc_ver()[0] != "glibc",
                     reason="glibc on Linux only")
+@pytest.mark.slow
 def test_drawing_workers_reuse_freed_memory_instead_of_faulting_it_in_again():
     """A worker's allocator keeps freed blocks (``_keep_freed_memory``): arrays of a drawing's
     sizes (1-12 MiB) made and dropped again and again fault their pages in once, not each time

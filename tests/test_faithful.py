@@ -169,6 +169,7 @@ ARGS = ["--limit", "24", "--curves", "8", "--randomised", "4", "--paste", "4", "
         "--batch-size", "2", "--steps", "4", "--quiet"]
 
 
+@pytest.mark.slow
 def test_evaluate_maps_command(tmp_path, folder_and_model):
     data, ckpt = folder_and_model
     out = tmp_path / "out"
@@ -191,6 +192,7 @@ def test_evaluate_maps_command(tmp_path, folder_and_model):
     assert json.loads((out / "results.json").read_text())["pointing"] == summary["pointing"]
 
 
+@pytest.mark.slow
 def test_evaluate_maps_resumes_after_kill(tmp_path, folder_and_model):
     data, ckpt = folder_and_model
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vtviz.cli import main as cli
@@ -59,6 +60,7 @@ def _cmd(checkpoint: str, src: Path, out: Path) -> list[str]:
             "--k", "2", "--crop", "32", "--batch-size", "2", "--save-every", "2", "--device", "cpu", "--quiet"]
 
 
+@pytest.mark.slow
 def test_killed_gallery_resumes_to_the_same_index(tmp_path, checkpoint):
     src = tmp_path / "in"
     _photos(src, 30)

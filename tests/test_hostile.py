@@ -43,6 +43,7 @@ def test_config_bomb_is_refused_from_the_header(tmp_path, checkpoint):
         vtviz.load_model(path)
 
 
+@pytest.mark.slow
 def test_config_bomb_allocates_nothing_under_a_memory_cap(tmp_path, checkpoint):
     """With 2 GiB of address space left (the bomb asks for 12.5 GiB), the refusal is a
     CheckpointError, not a MemoryError or RuntimeError."""

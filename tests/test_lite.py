@@ -12,6 +12,8 @@ from vtviz.foreign import foreign_photos
 from vtviz.lite import vt_lite0
 from vtviz.teacher import imagenet_categories, load_efficientnet_lite0
 
+pytestmark = pytest.mark.slow  # real models, a real browser or a notebook kernel
+
 NAME = "vt-lite0-imagenet"
 
 

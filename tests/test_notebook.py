@@ -9,6 +9,8 @@ import nbformat
 from nbclient import NotebookClient
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # real models, a real browser or a notebook kernel
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

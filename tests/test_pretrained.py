@@ -14,6 +14,8 @@ import torch
 import vtviz
 from vtviz.maps import StatsAccumulator
 
+pytestmark = pytest.mark.slow  # real models, a real browser or a notebook kernel
+
 BUNDLED = {"vt-r18-imagenette-v7": ["filter", "recurrent"], "vt-r18-filter-imagenette-v7": ["filter", "filter"]}
 WORKING = ["vt-r18-imagenette-v7", "vt-r18-filter-imagenette-v7"]  # parts that work
 ALL = [*BUNDLED, "vt-lite0-imagenet"]  # what the README lists, and nothing else

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import vtviz
@@ -16,6 +17,7 @@ from vtviz.ood import fit_ood
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_soup_averages_every_weight_and_writes_its_own_summary(tmp_path):
     """tools/soup.py: the uniform mean of each float tensor; the average gets its own name and
     training summary, and neither the first ingredient's val result nor its OOD flag."""

@@ -57,6 +57,7 @@ def _args(root: Path, out: Path, *extra: str) -> list[str]:
             "--cache-dir", str(out / "cache"), "--quiet", "--device", "cpu", "--threads", "1", *extra]
 
 
+@pytest.mark.slow
 def test_smoke_train_resume_evaluate(tiny_folder, tmp_path, capsys):
     full = tmp_path / "full"
     assert cli(_args(tiny_folder, full)) == 0
@@ -102,6 +103,7 @@ def test_smoke_train_resume_evaluate(tiny_folder, tmp_path, capsys):
     assert "layer 0 (filter):" in out.err and "ablation 'no projector'" in out.err
 
 
+@pytest.mark.slow
 def test_train_without_val_then_record_evaluation(tiny_folder, tmp_path, capsys):
     """A GPU box may hold only train/: the checkpoint gets its val accuracy later, in place."""
     only_train = tmp_path / "data"
@@ -178,6 +180,7 @@ def test_mixup_batch_is_a_convex_pair_with_partner_labels():
         mixup_batch(x, y, 0.0, gen)
 
 
+@pytest.mark.slow
 def test_train_with_mixup_learns(tiny_folder, tmp_path):
     """Mixup changes what the model is trained on, still learns the tiny task, and is recorded."""
     def run(name: str, *extra: str) -> dict:
@@ -190,6 +193,7 @@ def test_train_with_mixup_learns(tiny_folder, tmp_path):
     assert mixed["val"]["top1"] >= 0.9  # two classes: chance is 0.5
 
 
+@pytest.mark.slow
 def test_fine_tune_from_checkpoint(tiny_folder, tmp_path):
     base = tmp_path / "base"
     assert cli(_args(tiny_folder, base, "--tokenizers", "filter,filter")) == 0
@@ -222,6 +226,7 @@ def test_fine_tune_from_checkpoint(tiny_folder, tmp_path):
     assert cli(_args(other, tmp_path / "o", "--init", str(base / "tiny.safetensors"))) == 1
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_identical_weights(tiny_folder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
