@@ -153,7 +153,8 @@ _TEXT_CHECK = """() => {
   const bad = [];
   const root = document.querySelectorAll('[data-testid="stMain"], [data-testid="stSidebar"]');
   for (const area of root) {
-    for (const el of area.querySelectorAll('p, label, span, li, h1, h2, h3, small, div[data-testid="stCaptionContainer"]')) {
+    const texts = area.querySelectorAll('p, label, span, li, h1, h2, h3, small, div[data-testid="stCaptionContainer"]');
+    for (const el of texts) {
       const text = (el.innerText || '').trim();
       if (!text || el.offsetParent === null) continue;
       const cs = getComputedStyle(el);
