@@ -145,3 +145,17 @@ def test_deleting_credited_tokens_hurts_more(app_models):
             drops = analysis.token_deletion(model, photo, ta.target, layer=-1)
             assert drops[ta.attributions.argmax()] > drops[ta.attributions.argmin()]
             assert abs(ta.delta) < 1e-2
+
+
+def test_the_one_grad_cam_equals_captums(small_model, rgb):
+    """vtviz's Grad-CAM (faithful.class_maps, drawn everywhere) is Captum's LayerGradCam on the
+    stem's last stage, up to the bilinear upsampling to the input."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from vtviz.analysis import _one
+
+    ours = analysis.pixel_attribution(small_model, rgb, target=2, method="gradcam")
+    x = _one(small_model, rgb).float()
+    ref = LayerGradCam(small_model, small_model.stem.layer3).attribute(x, target=2, relu_attributions=True)
+    ref = LayerAttribution.interpolate(ref, x.shape[-2:], "bilinear")[0, 0].detach().numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * float(np.abs(ref).max() + 1e-12))

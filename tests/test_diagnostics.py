@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.diagnostics import diagnose, distinct_targets, ownership, received_attention
+from vtviz.diagnostics import argmax_ownership, diagnose, distinct_targets, received_attention
 from vtviz.maps import LayerMaps, TokenMaps
 from vtviz.model import Ablation
 from vtviz.views import MapKind, view_warnings
@@ -61,7 +61,7 @@ def test_uniform_assignment_has_every_token_an_owner():
     # pixel p is assigned (sharply) to token p mod L: each token owns 1/L of the pixels
     owner = torch.arange(H * W) % L
     assignment = torch.nn.functional.one_hot(owner, L).T.float().view(1, L, H, W).expand(B, -1, -1, -1)
-    torch.testing.assert_close(ownership(assignment), torch.full((B, L), 1 / L))
+    torch.testing.assert_close(argmax_ownership(assignment), torch.full((B, L), 1 / L))
     d = diagnose(_layer(torch.eye(L).expand(B, L, L), assignment=assignment))[0]
     assert d.owners == L and d.top_owner == pytest.approx(1 / L)
 

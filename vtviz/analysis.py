@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -20,6 +21,7 @@ from . import render, views
 from .checkpoint import model_meta
 from .errors import require
 from .explain import explain_images, preprocess_for, token_maps
+from .faithful import class_maps
 from .gallery import Gallery, GalleryBuilder, GalleryItem
 from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
 from .maps import ImageMaps, TokenMaps, TokenStat, map_correlation, mass_regions, region_iou, spread, token_table
@@ -170,8 +172,9 @@ class ClassProfile:
         return fig
 
 
-def ownership(attention: Tensor) -> Tensor:
-    """Soft share of each pixel owned by each token: attention normalised over tokens ``[B, L, h, w]``."""
+def soft_ownership(attention: Tensor) -> Tensor:
+    """Soft share of each pixel owned by each token: attention normalised over tokens ``[B, L, h, w]``
+    (:func:`vtviz.diagnostics.argmax_ownership` counts the pixels each token wins instead)."""
     a = attention.float()
     return a / a.sum(1, keepdim=True).clamp_min(1e-12)
 
@@ -196,7 +199,7 @@ def class_token_profile(model: nn.Module, folder: str | Path, layer: int = 0, ba
         for batch in _iter_batches(files, batch_size):
             x, _ = prepare([im for _, im in batch], pre)
             la = token_maps(model, x).cpu().layers[layer]
-            own = la.assignment if la.assignment is not None else ownership(la.attention)
+            own = la.assignment if la.assignment is not None else soft_ownership(la.attention)
             share = own.mean(dim=(-2, -1)).sum(0)  # [L]
             total = share if total is None else total + share
             n += x.shape[0]
@@ -278,18 +281,16 @@ def token_attribution(model: VTModel, image: ImageSource | Tensor, target: int |
 def pixel_attribution(model: VTModel, image: ImageSource | Tensor, target: int | str | None = None,
                       method: Literal["gradcam", "ig"] = "gradcam", steps: int = 32) -> np.ndarray:
     """A pixel-space attribution ``[H, W]`` (input resolution) to set beside token maps:
-    Grad-CAM on the stride-16 feature map, or Integrated Gradients summed over colours."""
-    attr = require("captum.attr")
-    IntegratedGradients, LayerAttribution, LayerGradCam = (
-        attr.IntegratedGradients, attr.LayerAttribution, attr.LayerGradCam)
-
+    Grad-CAM on the stem's feature map (vtviz's one Grad-CAM, :func:`vtviz.faithful.class_maps`),
+    or Captum's Integrated Gradients summed over colours."""
     model.eval()
     x = _one(model, image).float()
     tgt = _target(model, x, target)
     if method == "gradcam":
-        cam = LayerGradCam(model, model.stem.layer3).attribute(x, target=tgt, relu_attributions=True)
-        return LayerAttribution.interpolate(cam, x.shape[-2:], "bilinear")[0, 0].detach().cpu().numpy()
+        cam = class_maps(model, x, tgt).gradcam[None]  # [1, h, w], positive part
+        return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].numpy()
     if method == "ig":
+        IntegratedGradients = require("captum.attr").IntegratedGradients
         attr = IntegratedGradients(model).attribute(x, torch.zeros_like(x), target=tgt, n_steps=steps)
         return attr[0].sum(0).detach().cpu().numpy()
     raise ValueError(f"unknown method {method!r} (gradcam, ig)")
@@ -357,7 +358,7 @@ def attribution_figure(model: VTModel, image: ImageSource, target: int | str | N
 
 __all__ = [
     "ClassProfile", "Gallery", "GalleryBuilder", "GalleryItem", "TokenAttribution", "TokenStat",
-    "attribution_figure", "class_token_profile", "map_correlation", "mass_regions", "ownership",
+    "attribution_figure", "class_token_profile", "map_correlation", "mass_regions", "soft_ownership",
     "pixel_attribution", "region_iou", "show_tokens", "spread", "stability_from_maps", "token_attribution",
     "token_deletion", "token_gallery", "token_stability", "token_stats",
 ]

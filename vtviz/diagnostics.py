@@ -72,8 +72,9 @@ def distinct_targets(mixing: Tensor) -> Tensor:
     return (idx[:, 1:] != idx[:, :-1]).sum(-1) + 1
 
 
-def ownership(assignment: Tensor) -> Tensor:
-    """Share of pixels each token owns (largest weight there): ``[B, L, h, w]`` -> ``[B, L]``."""
+def argmax_ownership(assignment: Tensor) -> Tensor:
+    """Share of pixels each token owns (largest weight there): ``[B, L, h, w]`` -> ``[B, L]``
+    (:func:`vtviz.analysis.soft_ownership` shares each pixel among tokens instead)."""
     b, n = assignment.shape[:2]
     owner = assignment.flatten(2).argmax(1)  # [B, hw]
     counts = torch.zeros(b, n, device=assignment.device)
@@ -227,7 +228,7 @@ def per_image(layer: LayerMaps) -> dict[str, Tensor]:
     if layer.to_registers is not None:
         out["to_registers"] = layer.to_registers.float().mean(-1)
     if layer.assignment is not None:
-        owned = ownership(layer.assignment)
+        owned = argmax_ownership(layer.assignment)
         out["owners"] = (owned >= OWNER_SHARE).float().sum(-1)
         out["top_owner"] = owned.amax(-1)
     return out
