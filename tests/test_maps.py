@@ -130,3 +130,21 @@ def test_mass_regions_are_the_fewest_pixels_holding_the_mass():
             assert v[got[b, t].flatten()].sum() >= 0.5 * v.sum() - 1e-6
     one = torch.tensor([[0.4, 0.1], [0.2, 0.3]])  # 0.4 + 0.3 hold half
     assert mass_regions(one[None, None], 0.5)[0, 0].tolist() == [[True, False], [False, True]]
+
+
+def test_one_mass_region_exact_on_token_grids():
+    """The 50%-mass region of a token grid is the smallest set of cells holding half the map:
+    one definition for the manifest's overlap, the pieces count and the outlines."""
+    from vtviz.maps import mass_regions, mass_thresholds
+    from vtviz.render import region_pieces
+
+    rng = np.random.default_rng(3)
+    maps = torch.from_numpy(rng.random((4, 14, 14)).astype(np.float32) ** 4)
+    regions = mass_regions(maps, 0.5)
+    for m, r in zip(maps.numpy(), regions.numpy()):
+        inside = np.sort(m[r])
+        assert m[r].sum() >= 0.5 * m.sum()  # holds half...
+        assert m[r].sum() - inside[0] < 0.5 * m.sum()  # ...and no cell fewer does
+    levels = mass_thresholds(maps.numpy(), 0.5)
+    assert (regions.numpy() == (maps.numpy() >= levels[:, None, None])).all()
+    assert (region_pieces(maps.numpy()) >= 1).all()

@@ -396,17 +396,62 @@ def spread(maps: Tensor) -> Tensor:
     return ((p * ((ys - cy) ** 2 + (xs - cx) ** 2)).sum(dim=(-2, -1))).sqrt()
 
 
+def mass_threshold(map2d: np.ndarray, mass: float) -> float:
+    """Value t such that the pixels with value >= t hold ``mass`` of the map's total."""
+    return float(mass_thresholds(np.asarray(map2d)[None], mass)[0])
+
+
+def mass_thresholds(maps: np.ndarray, mass: float, bins: int = 1024) -> np.ndarray:
+    """:func:`mass_threshold` of each of ``maps`` ``[N, H, W]`` at once -> ``[N]`` (inf for an all-zero map).
+
+    The one definition of a map's ``mass`` region (:func:`mass_regions`, the manifest's overlap,
+    the pieces count and the drawn outlines all use it): the largest value t such that the pixels
+    at or above t hold ``mass`` of the map. Token grids (up to :data:`EXACT_SIDE` cells a side)
+    get it exactly, by a sort. Larger maps (the smooth upsamplings that pictures trace) take a
+    fast path, ~5x cheaper: a histogram of ``bins`` levels between 0 and each map's maximum, on a
+    regular sub-grid of about 128 a side; its region holds ``mass`` within ~1.5% on such maps.
+    """
+    maps = np.asarray(maps)
+    if max(maps.shape[-2:]) <= EXACT_SIDE:
+        flat = np.maximum(maps.reshape(len(maps), -1).astype(np.float64), 0)
+        ordered = -np.sort(-flat, axis=1)
+        cum = np.cumsum(ordered, axis=1)
+        total = cum[:, -1]
+        k = np.minimum((cum < (mass * total)[:, None]).sum(1), flat.shape[1] - 1)  # the pixel reaching mass
+        exact = ordered[np.arange(len(flat)), k]
+        exact[total <= 0] = np.inf
+        return exact
+    step = -(-max(maps.shape[-2:]) // 128)
+    v = np.maximum(np.asarray(maps[:, ::step, ::step], np.float32).reshape(len(maps), -1), 0)
+    top = v.max(axis=1)
+    scale = np.where(top > 0, (bins - 1) / np.maximum(top, 1e-30), 0).astype(np.float32)
+    q = (v * scale[:, None]).astype(np.int32)
+    q += (np.arange(len(v), dtype=np.int32) * bins)[:, None]
+    # each level's mass as its count times its centre (within 1/(2 bins) of the max per pixel;
+    # counting is ~15x faster than a weighted bincount); level 0 takes the exact remainder
+    hist = np.bincount(q.ravel(), minlength=len(v) * bins).reshape(len(v), bins) * (
+        (np.arange(bins, dtype=np.float64) + 0.5) / np.where(scale > 0, scale, 1)[:, None])
+    hist[:, 0] = np.maximum(v.sum(1, dtype=np.float64) - hist[:, 1:].sum(1), 0)
+    from_top = np.cumsum(hist[:, ::-1], axis=1)  # mass at or above each level, highest first
+    total = from_top[:, -1]
+    k = np.minimum((from_top < (mass * total)[:, None]).sum(1), bins - 1)  # levels needed, minus one
+    level = bins - 1 - k
+    t = level.astype(np.float64) / np.where(scale > 0, scale, 1)
+    t = np.minimum(t, top)  # float rounding must not lift the top level above the maximum itself
+    t[total <= 0] = np.inf
+    return t
+
+
+#: Maps up to this many cells a side (token grids) get the exact mass threshold.
+EXACT_SIDE = 64
+
+
 def mass_regions(maps: Tensor, mass: float = 0.5) -> Tensor:
-    """Bool masks of each map's smallest region holding ``mass`` of it: ``[..., h, w]``."""
-    # NumPy's sort: several times torch's on a CPU for these many short rows
-    flat = maps.detach().float().cpu().flatten(-2).numpy()
-    order = np.argsort(-flat, axis=-1)
-    vals = np.take_along_axis(flat, order, -1)
-    total = np.maximum(vals.sum(-1, keepdims=True), 1e-12)
-    keep_sorted = (np.cumsum(vals, -1) - vals) / total < mass
-    keep = np.zeros_like(keep_sorted)
-    np.put_along_axis(keep, order, keep_sorted, -1)
-    return torch.from_numpy(keep).view(maps.shape).to(maps.device)
+    """Bool masks of each map's smallest region holding ``mass`` of it: ``[..., h, w]``
+    (the pixels at or above :func:`mass_thresholds`)."""
+    flat = maps.detach().float().cpu().reshape(-1, *maps.shape[-2:]).numpy()
+    levels = mass_thresholds(flat, mass) if len(flat) else np.zeros(0)
+    return torch.from_numpy(flat >= levels[:, None, None]).view(maps.shape).to(maps.device)
 
 
 def region_iou(maps: Tensor, mass: float = 0.5) -> Tensor:

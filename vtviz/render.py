@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .maps import mass_threshold, mass_thresholds
+
 
 class Colormap(str, enum.Enum):
     """OpenCV colour maps by name."""
@@ -375,40 +377,6 @@ def draw_label(image: np.ndarray, text: str, xy: tuple[int, int], color: tuple[i
     cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
     return image
-
-
-def mass_threshold(map2d: np.ndarray, mass: float) -> float:
-    """Value t such that the pixels with value >= t hold ``mass`` of the map's total."""
-    return float(mass_thresholds(np.asarray(map2d)[None], mass)[0])
-
-
-def mass_thresholds(maps: np.ndarray, mass: float, bins: int = 1024) -> np.ndarray:
-    """:func:`mass_threshold` of each of ``maps`` ``[N, H, W]`` at once -> ``[N]`` (inf for an all-zero map).
-
-    A histogram of ``bins`` levels between 0 and each map's maximum replaces the sort, and maps
-    over 128 pixels a side are sampled on a regular sub-grid of about that size (they are smooth
-    upsamplings of a token grid): the region above the threshold holds ``mass`` within ~1.5%.
-    """
-    maps = np.asarray(maps)
-    step = -(-max(maps.shape[-2:]) // 128)
-    v = np.maximum(np.asarray(maps[:, ::step, ::step], np.float32).reshape(len(maps), -1), 0)
-    top = v.max(axis=1)
-    scale = np.where(top > 0, (bins - 1) / np.maximum(top, 1e-30), 0).astype(np.float32)
-    q = (v * scale[:, None]).astype(np.int32)
-    q += (np.arange(len(v), dtype=np.int32) * bins)[:, None]
-    # each level's mass as its count times its centre (within 1/(2 bins) of the max per pixel;
-    # counting is ~15x faster than a weighted bincount); level 0 takes the exact remainder
-    hist = np.bincount(q.ravel(), minlength=len(v) * bins).reshape(len(v), bins) * (
-        (np.arange(bins, dtype=np.float64) + 0.5) / np.where(scale > 0, scale, 1)[:, None])
-    hist[:, 0] = np.maximum(v.sum(1, dtype=np.float64) - hist[:, 1:].sum(1), 0)
-    from_top = np.cumsum(hist[:, ::-1], axis=1)  # mass at or above each level, highest first
-    total = from_top[:, -1]
-    k = np.minimum((from_top < (mass * total)[:, None]).sum(1), bins - 1)  # levels needed, minus one
-    level = bins - 1 - k
-    t = level.astype(np.float64) / np.where(scale > 0, scale, 1)
-    t = np.minimum(t, top)  # float rounding must not lift the top level above the maximum itself
-    t[total <= 0] = np.inf
-    return t
 
 
 def region_pieces(maps: np.ndarray, mass: float = 0.5) -> np.ndarray:
