@@ -21,28 +21,19 @@ import torch
 from torch import Tensor
 
 from .maps import LayerMaps, TokenMaps, border_mass, peak_positions
-
-#: A token owns a pixel when it has the largest assignment weight there; it is an
-#: "owner" when it owns at least this share of the pixels.
-OWNER_SHARE = 0.05
-#: A token receives "most" attention above this share of all attention (rows average).
-SINK_SHARE = 0.5
-#: Border sink: more than this share of a token's attention on the map's outer ring.
-BORDER_SHARE = 0.5
-#: Positional token: the mean distance of its peak to its dataset-mean peak, in cells of
-#: the token map, is below this. A token that follows content moves across photos by many
-#: cells (4.5 or more on Imagenette val for every token of the first bundled models); one
-#: cell is the resolution of the map itself.
-POSITIONAL_CELLS = 1.5
-#: Tokens that give the register tokens more than this share of their attention barely read
-#: one another: the transformer then relates them only through the registers' summary.
-REGISTER_SHARE = 0.9
-#: Tokens that give themselves more than this share of their attention (the diagonal of the
-#: mixing) mostly read no other token: the transformer is then close to the identity, however
-#: many distinct argmax targets the rows have (16 for the identity itself).
-SELF_SHARE = 0.5
-#: High-norm token: its vector norm exceeds the image's median token norm by this factor.
-HIGH_NORM_FACTOR = 3.0
+from .thresholds import (
+    BORDER_SHARE,
+    HIGH_NORM_FACTOR,
+    MAX_BORDER_SINKS,
+    MAX_POSITIONAL,
+    MIN_MIXING_TARGETS,
+    MIN_OWNERS,
+    OWNER_SHARE,
+    POSITIONAL_CELLS,
+    REGISTER_SHARE,
+    SELF_SHARE,
+    SINK_SHARE,
+)
 
 
 def image_mixing(mixing: Tensor) -> Tensor:
@@ -156,14 +147,14 @@ class LayerDiagnostics:
 
     def within_targets(self) -> bool:
         """The targets of the models issue: mixing, projector, positional and border tokens."""
-        ok = self.mixing_targets >= 6 and self.max_received <= SINK_SHARE
+        ok = self.mixing_targets >= MIN_MIXING_TARGETS and self.max_received <= SINK_SHARE
         ok = ok and (self.to_registers is None or self.to_registers <= REGISTER_SHARE)
         ok = ok and (self.self_read is None or self.self_read <= SELF_SHARE)  # the identity relates nothing
         if self.owners is not None:
-            ok = ok and self.owners >= 4
+            ok = ok and self.owners >= MIN_OWNERS
         if self.positional is not None:
-            ok = ok and len(self.positional) <= 1
-        return ok and self.border_sinks <= 1
+            ok = ok and len(self.positional) <= MAX_POSITIONAL
+        return ok and self.border_sinks <= MAX_BORDER_SINKS
 
 
 class DiagnosticsAccumulator:

@@ -20,6 +20,7 @@ from torch import Tensor
 from .errors import require
 from .image import Geometry
 from .model import VTOutput
+from .thresholds import STATS_COSINE, STATS_ENTROPY, STATS_PEAKS, WEAK_MATCH
 
 
 @dataclass(frozen=True)
@@ -504,7 +505,8 @@ class LayerStats:
     top10_share: float  # mean share of attention in the top 10% of pixels
     images: int
 
-    def within_bounds(self, entropy: float = 0.85, cosine: float = 0.5, peaks: float = 8) -> bool:
+    def within_bounds(self, entropy: float = STATS_ENTROPY, cosine: float = STATS_COSINE,
+                      peaks: float = STATS_PEAKS) -> bool:
         """True when the layer's tokens are focused, diverse and spread out enough to show."""
         return self.entropy <= entropy and self.cosine <= cosine and self.distinct_peaks >= peaks
 
@@ -549,9 +551,6 @@ def layer_stats(maps: TokenMaps) -> list[LayerStats]:
 
 
 # --------------------------------------------------------------------------- matching tokens
-#: A matched pair below this mean map similarity is labelled weak: its tokens do not
-#: clearly correspond (cosine similarity of two random sharp maps is near 0).
-WEAK_MATCH = 0.3
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from .checkpoint import SUFFIX, load_model, model_meta, save_model
 from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
-from .diagnostics import SELF_SHARE, image_mixing, self_attention
+from .diagnostics import image_mixing, self_attention
 from .evaluate import evaluate_arrays
 from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine, normalized_entropy
 from .meta import Fit, ModelMeta, Preprocess
@@ -69,6 +69,7 @@ from .model import (
     count_parameters,
 )
 from .runtime import Dist, autocast_for, close_distributed, init_distributed
+from .thresholds import SELF_SHARE
 
 
 def parse_schedule(text: str) -> list[int]:

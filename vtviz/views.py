@@ -18,11 +18,12 @@ import numpy as np
 from torch import Tensor
 
 from . import render
-from .diagnostics import REGISTER_SHARE, SELF_SHARE, SINK_SHARE, LayerDiagnostics
+from .diagnostics import LayerDiagnostics
 from .errors import require
 from .image import Geometry, maps_to_original
 from .maps import ImageMaps, LayerMaps, Scale, TokenMatching, match_tokens, normalize_with_range, token_table
 from .render import Colormap
+from .thresholds import ALL_TOKENS_MASS, FRAGMENTED, REGISTER_SHARE, SELF_SHARE, SINK_SHARE
 
 
 class MapKind(str, enum.Enum):
@@ -337,12 +338,6 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     return render.stack_vertical(rows)
 
 
-#: Share of each token's attention mass inside the region the all-tokens view draws.
-ALL_TOKENS_MASS = 0.5
-#: Mean pieces per token region (on the token grid) from which the all-tokens view says its
-#: regions are fragmented: on Imagenette val photos, focused layers average 1.6-3.5 pieces, the
-#: filter-only models' spread-out layers 3.9-7.2.
-FRAGMENTED = 4.0
 
 
 def class_map_view(image: np.ndarray, geometry: Geometry, panels: Sequence[tuple[str, Tensor]], title: str,
