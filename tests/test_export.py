@@ -18,8 +18,9 @@ from PIL import Image
 
 from tests.test_image import huge_png
 from vtviz.cli import main as cli
-from vtviz.export import TMP_SUFFIX, load_manifest, safe_name
 from vtviz.export import _decode as _real_decode
+from vtviz.export import load_manifest, safe_name
+from vtviz.files import TMP_SUFFIX
 from vtviz.maps import read_maps_npz
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}

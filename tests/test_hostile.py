@@ -194,7 +194,7 @@ def test_predict_records_every_failed_input_and_goes_on(tmp_path, checkpoint, rg
 def test_full_disk_error_names_the_file(tmp_path, monkeypatch):
     import errno
 
-    from vtviz.export import atomic_write
+    from vtviz.files import atomic_write
 
     real_replace = os.replace
 

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "vtviz"
 #: layer of each module: a module may import modules of its own layer or below only
 LAYERS = {
     "errors": 0, "model": 0, "lite": 0, "teacher": 0, "meta": 0, "runtime": 0, "indices": 0, "foreign": 0,
-    "thresholds": 0,
+    "thresholds": 0, "files": 0,
     "ood": 0, "image": 0, "checkpoint": 1, "maps": 1, "data": 1,
     "diagnostics": 2, "render": 2, "views": 2,
     "explain": 3, "gallery": 3, "session": 3, "evaluate": 3, "export": 3, "faithful": 3,

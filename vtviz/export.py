@@ -41,6 +41,7 @@ from .diagnostics import image_diagnostics
 from .errors import ImageError, json_text
 from .explain import ood_scores, preprocess_for, token_maps
 from .faithful import class_maps, class_panels, class_title
+from .files import atomic_write, remove_stale_temporaries
 from .image import Geometry, Inputs, fit_image, load_image_reduced, scan_inputs, to_tensor
 from .indices import parse_indices
 from .maps import ImageMaps, Scale, TokenMaps, TokenStat, token_table
@@ -50,7 +51,6 @@ from .runtime import cpu_threads_beside, model_device
 
 MANIFEST = "manifest.jsonl"
 PARTS = ".manifest-parts"
-TMP_SUFFIX = ".vtviz-tmp"
 
 
 @dataclass(frozen=True)
@@ -119,40 +119,6 @@ def safe_name(path: Path) -> str:
     stem = views.safe_stem(path.name)
     digest = hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{stem}-{digest}"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (its folder made when
-    missing: a folder is looked for only then, as each costs a system call)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}")
-    try:
-        try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(tmp, "wb")
-    except OSError as exc:  # a full disk or a read-only folder: say which file
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
-    done = False
-    try:
-        try:
-            with f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError as exc:  # a full disk or a read-only folder: say which file
-            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
-        done = True
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(out_dir: Path) -> int:
-    """Delete temporary files left by a killed export; returns how many."""
-    stale = list(out_dir.rglob(f"*{TMP_SUFFIX}"))
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
 
 
 # --------------------------------------------------------------------------- manifest

@@ -35,7 +35,7 @@ from . import render
 from .checkpoint import model_meta
 from .errors import ImageError, json_text
 from .explain import preprocess_for, token_maps
-from .export import atomic_write
+from .files import atomic_write
 from .image import load_image, maps_to_original, prepare
 from .model import VTModel
 
