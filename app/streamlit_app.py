@@ -16,6 +16,7 @@ import streamlit as st
 import vtviz
 from vtviz import render, views
 from vtviz.diagnostics import diagnose
+from vtviz.diagnostics import table as diagnostics_table
 from vtviz.errors import CheckpointError, VTVizError
 from vtviz.explain import preprocess_for
 from vtviz.faithful import ClassMaps, class_maps, class_panels, class_title
@@ -169,8 +170,7 @@ except ValueError as exc:
 kind_names = {views.MapKind.ATTENTION: "tokenizer attention",
               views.MapKind.MIXED: "token-mixed attention",
               views.MapKind.ASSIGNMENT: "projector assignment"}
-has_projector = layer < len(kinds) - 1  # the last module feeds the classifier: no projector
-kind = sb.radio("Map", [k for k in views.MapKind if has_projector or k is not views.MapKind.ASSIGNMENT],
+kind = sb.radio("Map", views.model_kinds(model, layer),
                 format_func=lambda k: kind_names[k],
                 help="Tokenizer attention: where each token pools from (sums to 1 over the map). "
                      "Token-mixed: the same after the transformer mixes tokens. Projector assignment: how "
@@ -384,14 +384,7 @@ with st.expander("Diagnostics: do the transformer and projector relate tokens?")
                "transformer attention one token receives. Owners: tokens owning >= 5% of the pixels in "
                "the projector. Border sinks: tokens per image with most of their attention on the border. "
                "Positional tokens need 8 or more images.")
-    st.dataframe([{"layer": f"{i} · {d.kind}", "mixing targets": round(d.mixing_targets, 2),
-                   "reads itself": None if d.self_read is None else round(d.self_read, 3),
-                   "max received": round(d.max_received, 3),
-                   "to registers": None if d.to_registers is None else round(d.to_registers, 3),
-                   "owners >= 5%": None if d.owners is None else round(d.owners, 2),
-                   "border sinks": round(d.border_sinks, 2),
-                   "positional": ", ".join(map(str, d.positional or [])) or "-"}
-                  for i, d in enumerate(diagnostics)])
+    st.dataframe(diagnostics_table(diagnostics))
     for i, d in enumerate(diagnostics):
         for warning in d.warnings():
             st.warning(f"layer {i}: {warning}")

@@ -144,3 +144,15 @@ def test_attention_given_to_registers_is_reported():
     d = diagnose(dataclasses.replace(maps, layers=(layer,)))[0]
     assert d.to_registers == pytest.approx(0.95) and not d.within_targets()
     assert "register tokens" in d.warnings()[0]
+
+
+def test_table_for_people(small_model):
+    from vtviz import views
+    from vtviz.diagnostics import table
+
+    maps = vtviz.token_maps(small_model, torch.randn(2, 3, 64, 64))
+    rows = table(diagnose(maps))
+    assert [r["layer"] for r in rows] == ["0 · filter", "1 · recurrent"]
+    assert rows[0]["owners >= 5%"] is not None and rows[1]["owners >= 5%"] is None  # the last: no projector
+    assert views.model_kinds(small_model, 0)[-1] is views.MapKind.ASSIGNMENT
+    assert views.MapKind.ASSIGNMENT not in views.model_kinds(small_model, 1)

@@ -204,6 +204,18 @@ class DiagnosticsAccumulator:
         return out
 
 
+def table(diagnostics: list[LayerDiagnostics]) -> list[dict[str, Any]]:
+    """One row per layer for people (the app's diagnostics table): rounded numbers, None where a
+    quantity does not apply (no registers, no projector)."""
+    def r(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+    return [{"layer": f"{i} · {d.kind}", "mixing targets": round(d.mixing_targets, 2),
+             "reads itself": r(d.self_read, 3), "max received": round(d.max_received, 3),
+             "to registers": r(d.to_registers, 3), f"owners >= {OWNER_SHARE:.0%}": r(d.owners, 2),
+             "border sinks": round(d.border_sinks, 2), "positional": ", ".join(map(str, d.positional or [])) or "-"}
+            for i, d in enumerate(diagnostics)]
+
+
 def per_image(layer: LayerMaps) -> dict[str, Tensor]:
     """Per-image diagnostics of one layer, each ``[B]`` (``received``: ``[B, L]``)."""
     received = received_attention(layer.token_mixing)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import render
 from .diagnostics import LayerDiagnostics
@@ -55,6 +55,13 @@ def select_maps(layer: LayerMaps, kind: MapKind | str) -> Tensor:
 def available_kinds(layer: LayerMaps) -> list[MapKind]:
     """The map kinds a layer has."""
     return [k for k in MapKind if k is not MapKind.ASSIGNMENT or layer.assignment is not None]
+
+
+def model_kinds(model: nn.Module, layer: int) -> list[MapKind]:
+    """The map kinds VT module ``layer`` of ``model`` computes (no projector assignment in a
+    module without projector, e.g. the last one, which feeds the classifier)."""
+    has_projector = getattr(model.vt_layers[layer], "projector", None) is not None  # type: ignore[index]
+    return [k for k in MapKind if k is not MapKind.ASSIGNMENT or has_projector]
 
 
 @dataclass(frozen=True)
