@@ -62,6 +62,7 @@ class DistillConfig:
     seed: int = 0
     threads: int = 2
     init: str = ""  # start from this VT-Lite0 checkpoint instead of the teacher's copy (a second phase)
+    stop_epoch: int = 0  # stop after this many epochs (0: all); the schedule is still that of ``epochs``
     max_minutes: float = 0.0  # stop early after this many minutes (0: no limit); the schedule is kept
 
     @classmethod
@@ -181,7 +182,7 @@ def distill(cfg: DistillConfig) -> Path:
         history.append(report)
         print(json.dumps(report), flush=True)
         _save(model, out_path, cfg, history, len(train_idx), len(dev_idx), parent)
-        if cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes:
+        if cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes or epoch + 1 == cfg.stop_epoch:
             break
     return out_path
 
