@@ -39,6 +39,7 @@ def test_tiny_distillation_writes_a_1000_class_checkpoint(tmp_path):
     (epoch,) = meta.training["history"]
     assert 0 <= epoch["agreement"] <= 1 and epoch["pieces0"] >= 1
     assert meta.training["recipe"]["lr"] == 0.001 and meta.training["recipe"]["out"] is None
+    assert meta.training["recipe"]["init"] == ""
     assert "Apache-2.0" in meta.training["teacher_licence"]
     # a second phase starts from the first one's weights and keeps its summary under "init"
     first = vtviz.load_model(tmp_path / "out" / "tiny.safetensors", device="cpu")

