@@ -66,11 +66,12 @@ def app_models(tmp_path_factory):
         if name.startswith("vt-lite0"):
             from vtviz.distill import LITE_PREPROCESS
             from vtviz.lite import vt_lite0
-            from vtviz.teacher import imagenet_categories, load_efficientnet_lite0
+            from vtviz.teacher import imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
 
             lite = vt_lite0()
             lite.load_teacher(load_efficientnet_lite0())
             vtviz.save_model(lite, folder / name, ModelMeta(config=lite.config, classes=tuple(imagenet_categories()),
+                                                            class_ids=tuple(imagenet_class_ids()),
                                                             preprocess=LITE_PREPROCESS, name=name))
             continue
         model = vtviz.vt_resnet18(num_classes=10, tokenizers=kinds)
