@@ -38,7 +38,7 @@ from vtviz.session import (
 )
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
-DEFAULT_MODEL = "vt-r18-imagenette-v7"
+DEFAULT_MODEL = "vt-lite0-imagenet"
 PAGE = 8  # images per page: many uploads never render hundreds of overlays at once
 COLUMNS = 4  # photos per row in the overview
 OVERVIEW_SIZE = 216  # px: the overview's pictures are shown at their own size at 1400 px wide

@@ -77,7 +77,7 @@ def test_default_start_shows_samples(app):
     _show(app, "Token grid")
     assert app.image[0].captions[0].startswith("rows: tokens")
     model_box = _by_label(app.sidebar.selectbox, "Model")
-    assert model_box.value == "vt-r18-imagenette-v7"
+    assert model_box.value == "vt-lite0-imagenet"
     assert "filter" in str(_by_label(app.sidebar.radio, "Layer").format_func(0))
 
 
@@ -195,7 +195,7 @@ def test_bad_checkpoint_keeps_previous_model(app, tmp_path, small_model):
     app.run()
     assert not app.exception
     assert any("Not a usable vtviz model" in e.value for e in app.error)
-    assert _by_label(app.sidebar.selectbox, "Model").value == "vt-r18-imagenette-v7"
+    assert _by_label(app.sidebar.selectbox, "Model").value == "vt-lite0-imagenet"
     _show(app, "Token grid")
     assert app.image[0].captions[0].startswith("rows: tokens")
     good = tmp_path / "mine.safetensors"

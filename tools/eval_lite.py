@@ -71,8 +71,9 @@ def main() -> None:
         t_top1 += int((t == labels).sum())
         maps = from_output(out, model.tokenizer_kinds, (224, 224), 0)
         acc.update(maps)
-        corr.append(map_correlation(zeroed.layers[1].attention, out.layers[1].attention).mean(-1))
         h, w = out.map_size
+        grid = (len(chunk), -1, h, w)
+        corr.append(map_correlation(zeroed.layers[1].attention.reshape(grid), out.layers[1].attention.reshape(grid)))
         for i, layer in enumerate(out.layers):
             pieces[i].append(region_pieces(layer.attention.reshape(-1, h, w).float().numpy()))
     report = {"split": args.split, "images": n, "agreement": agree / n, "student_top1": s_top1 / n,

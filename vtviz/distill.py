@@ -32,9 +32,17 @@ from .data import ImageFolderData, normalize_batch, random_resized_crop, read_im
 from .lite import MID_CHANNELS, VTLite, vt_lite0
 from .maps import normalized_entropy
 from .meta import Fit, ModelMeta, Preprocess
+from .model import VTOutput
 from .render import region_pieces
 from .teacher import MEAN, STD, TEACHER_LICENCE, imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
-from .train import dev_split, diversity_penalty, mixup_batch
+from .train import (
+    border_penalty,
+    dev_split,
+    diversity_penalty,
+    mixing_diversity_penalty,
+    mixup_batch,
+    projector_balance_penalty,
+)
 
 #: EfficientNet-Lite0's preprocessing: centre crop of 87.5% of the shorter side, 224 px, (x/255-0.5)/0.5.
 LITE_PREPROCESS = Preprocess(size=224, fit=Fit.CROP, crop_pct=0.875, mean=MEAN, std=STD)
@@ -57,6 +65,9 @@ class DistillConfig:
     entropy_cap: float = 0.7  # each map's normalised entropy above this is penalised
     w_entropy: float = 2.0
     w_diversity: float = 0.2
+    w_border: float = 0.0  # tokens parked on the map's outer ring (train.border_penalty)
+    w_mixing: float = 0.0  # tokens reading the same others (train.mixing_diversity_penalty)
+    w_projector: float = 0.0  # one token owning the projector's pixels (train.projector_balance_penalty)
     key_dim: int = 192
     dev_fraction: float = 0.1
     seed: int = 0
@@ -86,6 +97,17 @@ def map_penalties(attentions: Sequence[Tensor], cap: float) -> tuple[Tensor, Ten
     """Entropy above ``cap`` (mean over maps) and the diversity penalty; ``[B, L, HW]`` each."""
     ent = torch.stack([F.relu(normalized_entropy(a[..., None]) - cap).mean() for a in attentions]).mean()
     return ent, diversity_penalty(attentions)
+
+
+def part_penalties(cfg: DistillConfig, out: VTOutput) -> Tensor:
+    """The weighted penalties that keep the transformer and projector working (VT-R18's)."""
+    total = torch.zeros(())
+    for weight, penalty in ((cfg.w_border, lambda: border_penalty(out.layers, out.map_size)),
+                            (cfg.w_mixing, lambda: mixing_diversity_penalty(out.layers)),
+                            (cfg.w_projector, lambda: projector_balance_penalty(out.layers))):
+        if weight:
+            total = total + weight * penalty()
+    return total
 
 
 def kl_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
@@ -165,7 +187,7 @@ def distill(cfg: DistillConfig) -> Path:
                 out = model.explain_features(fmap)
                 kd = kl_to_teacher(out.logits, teacher_logits(model, fmap))
                 ent, div = map_penalties([layer.attention for layer in out.layers], cfg.entropy_cap)
-                loss = kd + cfg.w_entropy * ent + cfg.w_diversity * div
+                loss = kd + cfg.w_entropy * ent + cfg.w_diversity * div + part_penalties(cfg, out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
