@@ -150,10 +150,11 @@ if not isinstance(model, vtviz.VTModel):
     st.stop()
 with sb.expander(f"Classes this model knows ({len(meta.classes)})"):
     st.text(", ".join(map(str, meta.classes)))  # text, never Markdown: names come from the checkpoint
-    st.caption("Any other photo is still forced into one of these; a photo unlike the training photos "
-               "is marked 'unfamiliar photo' when the model has an out-of-distribution flag"
-               + ("." if isinstance(model, vtviz.VTModel) and model.ood is not None
-                  else " (this model has none)."))
+    flagged = isinstance(model, vtviz.VTModel) and model.ood is not None
+    st.caption("Any other photo is still forced into one of these. "
+               + ("A photo of something else is marked 'unfamiliar', with what it looks like instead."
+                  if flagged else "This model has no unfamiliar-photo flag." if len(meta.classes) < 1000
+                  else ""))
 kinds = list(meta.config.tokenizers)
 layer = sb.radio("Layer", range(len(kinds)), format_func=lambda i: f"layer {i} · {kinds[i]}",
                  index=0, horizontal=True,
@@ -283,9 +284,9 @@ elif view == "Why this class":
     target = st.selectbox("Class", range(len(result.classes)), index=predicted, key="why_class",
                           format_func=lambda c: result.classes[c] + (" (predicted)" if c == predicted else ""),
                           help="The class whose evidence is drawn (default: the model's prediction)")
-    if (result.unfamiliar() or [False] * n_images)[image]:
-        st.warning("This photo is unlike the training photos (out-of-distribution flag): the evidence "
-                   "below explains a prediction that probably means nothing.")
+    if (note := result.unfamiliar_note(image)) is not None:
+        st.warning(f"Unfamiliar photo ({plain(note)}): the evidence below explains a prediction that "
+                   "probably means nothing.")
     st.markdown(photo_line(image))  # the same line, from the same pass, as in the overview
     cm = class_maps_cached(model_key, content_hash(shown[image].data), fit, target, shown[image])
     st.image(render.encode(views.class_map_view(result.images[image], result.geometries[image],
