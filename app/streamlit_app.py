@@ -296,12 +296,11 @@ elif view == "Why this class":
     st.caption("Class token map: each token's tokenizer attention weighted by its contribution to this "
                "class's logit (gradient x token), summed, positive part. For the last layer the "
                "contributions are exact (the logits are linear in its tokens); for layer 0 they are a "
-               "first-order estimate. Grad-CAM: the same model's last ResNet stage (the grid the tokens "
-               "attend over). How well each lands on the object is measured on Imagenette val in the model "
-               "card (`vtviz evaluate-maps`): there Grad-CAM localises better than version 1's token maps. "
-               "Token maps often look like a few bright spots: each token attends to a few cells of the "
-               "16x16 grid, so their weighted sum is as sharp; the ring marks the strongest evidence and "
-               "the outline the region holding half of it.")
+               "first-order estimate. Grad-CAM: the same model, on the feature map the tokens attend over. "
+               "How well each lands on the object is measured in the model's card (`vtviz evaluate-maps`, "
+               f"vtviz/pretrained/{plain(model_label)}.md). Token maps often look like a few bright spots: "
+               "each token attends to a few cells of the grid, so their weighted sum is as sharp; the ring "
+               "marks the strongest evidence and the outline the region holding half of it.")
     contrib = cm.contributions[-1][0]
     st.dataframe([{"token": k, "contribution to the logit": round(float(contrib[k]), 3)}
                   for k in contrib.argsort(descending=True).tolist()], height=200)
