@@ -78,6 +78,11 @@ def _photos(tmp_path: Path) -> list[Path]:
     return paths
 
 
+def _view(page, name: str) -> None:
+    """Choose a view in the View radio group (the orientation paragraph names views too)."""
+    page.locator('[data-testid="stRadio"]').get_by_text(name, exact=True).first.click()
+
+
 def _grid_image(page) -> tuple[str, np.ndarray]:
     src = page.locator('[data-testid="stImage"] img').first.get_attribute("src")
     data = page.request.get(src if src.startswith("http") else page.url.rstrip("/") + src).body()
@@ -96,7 +101,7 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
             ARTIFACTS.mkdir(exist_ok=True)
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-start.png"), full_page=False)  # the samples
-            page.get_by_text("Token grid", exact=True).first.click()
+            _view(page, "Token grid")
             page.get_by_text("rows: tokens").first.wait_for(timeout=90_000)
             before, _ = _grid_image(page)
             page.locator('[data-testid="stMain"] input[type="file"]').first.set_input_files(
@@ -127,7 +132,7 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
                 second = np.asarray(Image.open(io.BytesIO(zf.read(names[1]))))
                 assert first.shape == (300, 451, 3)  # the photo's own size, as vtviz export writes it
                 assert first.shape == second.shape and np.abs(first.astype(int) - second).mean() > 1
-            page.get_by_text("All tokens", exact=True).first.click()
+            _view(page, "All tokens")
             page.get_by_text("Isolate a token").first.wait_for(timeout=60_000)
             deadline = time.time() + 60
             while page.locator('[data-testid="stImage"] img').count() < 2:
@@ -135,13 +140,13 @@ def test_upload_two_photos_and_download_zip(server, tmp_path):
                 time.sleep(0.5)
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-all-tokens.png"), full_page=False)
-            page.get_by_text("Why this class", exact=True).first.click()
+            _view(page, "Why this class")
             page.get_by_text("Class token map: each token").first.wait_for(timeout=90_000)
             src, why = _grid_image(page)
             assert why.shape[1] > 3 * 300 and why.std() > 10  # three panels of the photo
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-why.png"), full_page=False)
-            page.get_by_text("Token gallery", exact=True).first.click()
+            _view(page, "Token gallery")
             page.get_by_text("its top").first.wait_for(timeout=90_000)
             time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "app-gallery.png"), full_page=False)
