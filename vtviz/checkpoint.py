@@ -202,38 +202,35 @@ def read_checkpoint(
         magic = f.read(8)
     pickled = magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
     if magic[:2] == b"PK" or path.suffix in (".pt", ".pth"):
-        tensors, raw = _read_torch(path)
-        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    else:
-        try:
-            shapes, header = _safetensors_header(path)
-        except CheckpointError as exc:
-            if not pickled:  # a safetensors header can start with 0x80 too: only then try pickle
-                if _what_is(magic) != _what_is(b""):
-                    raise CheckpointError(f"{path}: not a checkpoint: neither a safetensors, zip (PyTorch) "
-                                          f"nor pickle file ({_what_is(magic)})") from None
-                raise exc
-            return read_checkpoint_torch(path, meta)
-        tensors, raw = {}, _header_json(path, header)
+        return _read_torch_checked(path, meta)
+    try:
+        shapes, header = _safetensors_header(path)
+    except CheckpointError as exc:
+        if pickled:  # a safetensors header can start with 0x80 too: only then try pickle
+            return _read_torch_checked(path, meta)
+        if _what_is(magic) != _what_is(b""):
+            raise CheckpointError(f"{path}: not a checkpoint: neither a safetensors, zip (PyTorch) "
+                                  f"nor pickle file ({_what_is(magic)})") from None
+        raise exc
+    meta = _checked_meta(path, _header_json(path, header), meta, shapes)
+    return _safetensors_tensors(path), meta, path
+
+
+def _read_torch_checked(path: Path, meta: ModelMeta | None) -> tuple[dict[str, Tensor], ModelMeta, Path]:
+    """:func:`read_checkpoint` of a PyTorch (zip or pickle) file (zip: memory-mapped)."""
+    tensors, raw = _read_torch(path)
+    return tensors, _checked_meta(path, raw, meta, {k: tuple(v.shape) for k, v in tensors.items()}), path
+
+
+def _checked_meta(path: Path, raw: Mapping[str, Any] | None, meta: ModelMeta | None,
+                  shapes: Mapping[str, tuple[int, ...]]) -> ModelMeta:
+    """The file's metadata (else the given ``meta``), checked against the file's tensor shapes."""
     if raw is not None:
         meta = meta_from_header(raw, str(path))
     if meta is None:
         raise CheckpointError(f"{path}: no vtviz metadata (architecture, classes): not a vtviz checkpoint")
     check_shapes(expected_shapes(meta, str(path)), shapes, str(path))
-    if not tensors:
-        tensors = _safetensors_tensors(path)
-    return tensors, meta, path
-
-
-def read_checkpoint_torch(path: Path, meta: ModelMeta | None) -> tuple[dict[str, Tensor], ModelMeta, Path]:
-    """:func:`read_checkpoint` of a PyTorch (zip or pickle) file."""
-    tensors, raw = _read_torch(path)
-    if raw is not None:
-        meta = meta_from_header(raw, str(path))
-    if meta is None:
-        raise CheckpointError(f"{path}: no vtviz metadata (architecture, classes): not a vtviz checkpoint")
-    check_shapes(expected_shapes(meta, str(path)), {k: tuple(v.shape) for k, v in tensors.items()}, str(path))
-    return tensors, meta, path
+    return meta
 
 
 def _header_json(path: Path, header: Mapping[str, str]) -> dict[str, Any] | None:

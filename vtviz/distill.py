@@ -36,6 +36,7 @@ from .model import VTOutput
 from .render import region_pieces
 from .teacher import MEAN, STD, TEACHER_LICENCE, imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
 from .train import (
+    _param_groups,
     border_penalty,
     dev_split,
     diversity_penalty,
@@ -158,10 +159,7 @@ def distill(cfg: DistillConfig) -> Path:
         parent = None
     model = model.to(memory_format=torch.channels_last).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)  # (frozen ones get no grad)
     steps_per_epoch = len(train_idx) // cfg.batch_size
     total, warm = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
     history: list[dict[str, Any]] = []

@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .image import prepare
 from .meta import ModelMeta
+from .runtime import inference, to_model_input
+from .teacher import imagenet_indices
 
 BANK_KEY = "ood.bank"
 
@@ -117,9 +120,6 @@ class ReferenceFlag:
     def judge(self, images: Sequence[np.ndarray], batch_size: int = 32) -> tuple[Tensor, list[str]]:
         """Scores ``[B]`` (higher: less like the model's classes) and the reference's top class
         name for RGB uint8 photos of any size, each seen with the reference's own preprocessing."""
-        from .image import prepare
-        from .runtime import inference, to_model_input
-
         meta = cast(ModelMeta, self.reference.meta)
         scores, names = [], []
         for s in range(0, len(images), batch_size):
@@ -137,8 +137,6 @@ class ReferenceFlag:
     @classmethod
     def from_meta(cls, reference: nn.Module, classes: Sequence[str], meta: dict[str, Any]) -> ReferenceFlag:
         """Inverse of :meth:`meta` with the loaded reference; ValueError on a bad entry."""
-        from .teacher import imagenet_indices
-
         threshold = float(meta["threshold"])
         if not 0 <= threshold <= 1:
             raise ValueError(f"reference flag threshold {threshold}: expected 0..1")
