@@ -34,10 +34,12 @@ from .maps import normalized_entropy
 from .meta import Fit, ModelMeta, Preprocess
 from .model import VTOutput
 from .render import region_pieces
+from .runtime import autocast_for
 from .teacher import MEAN, STD, TEACHER_LICENCE, imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
 from .train import (
     _param_groups,
     border_penalty,
+    coverage_penalty,
     dev_split,
     diversity_penalty,
     mixing_diversity_penalty,
@@ -69,6 +71,7 @@ class DistillConfig:
     w_border: float = 0.0  # tokens parked on the map's outer ring (train.border_penalty)
     w_mixing: float = 0.0  # tokens reading the same others (train.mixing_diversity_penalty)
     w_projector: float = 0.0  # one token owning the projector's pixels (train.projector_balance_penalty)
+    w_coverage: float = 0.0  # tokens jointly covering the photo unevenly (train.coverage_penalty)
     key_dim: int = 192
     dev_fraction: float = 0.1
     seed: int = 0
@@ -105,7 +108,8 @@ def part_penalties(cfg: DistillConfig, out: VTOutput) -> Tensor:
     total = torch.zeros(())
     for weight, penalty in ((cfg.w_border, lambda: border_penalty(out.layers, out.map_size)),
                             (cfg.w_mixing, lambda: mixing_diversity_penalty(out.layers)),
-                            (cfg.w_projector, lambda: projector_balance_penalty(out.layers))):
+                            (cfg.w_projector, lambda: projector_balance_penalty(out.layers)),
+                            (cfg.w_coverage, lambda: coverage_penalty([o.attention for o in out.layers]))):
         if weight:
             total = total + weight * penalty()
     return total
@@ -125,7 +129,7 @@ def dev_report(model: VTLite, data: ImageFolderData, idx: np.ndarray, batch_size
     for s in range(0, len(idx), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(data.images[idx[s:s + batch_size]])).permute(0, 3, 1, 2).float()
         x = normalize_batch(x, MEAN, STD).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast_for(torch.device("cpu")):
             fmap = model.stem(x)
             out = model.explain_features(fmap)
         agree += int((out.logits.argmax(-1) == teacher_logits(model, fmap).argmax(-1)).sum())
@@ -179,7 +183,7 @@ def distill(cfg: DistillConfig) -> Path:
             if cfg.mixup > 0:
                 x, _, _ = mixup_batch(x, torch.zeros(len(x), dtype=torch.long), cfg.mixup, gen)
             x = normalize_batch(x, MEAN, STD).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast_for(torch.device("cpu")):  # bfloat16 where the CPU has native units
                 with torch.no_grad():
                     fmap = model.stem(x)
                 out = model.explain_features(fmap)

@@ -262,6 +262,20 @@ def diversity_penalty(attentions: Sequence[Tensor]) -> Tensor:
     return torch.stack(per_layer).mean()
 
 
+def coverage_penalty(attentions: Sequence[Tensor]) -> Tensor:
+    """Mean squared deviation of the tokens' joint coverage from uniform, ``N * mean_l A - 1``.
+
+    ``attentions``: per layer ``[B, L, HW]``. When the maps jointly cover every pixel equally,
+    the mean of the tokens is the global average pool, so selective maps can still keep a
+    distilled model's predictions (VT-Lite0: the shipped phase 3 lost 7 points of agreement
+    to an uneven coverage, mean |N c - 1| 0.82 on dev).
+    """
+    if not attentions:
+        return torch.zeros(())
+    per_layer = [(a.float().mean(1) * a.shape[-1] - 1).pow(2).mean() for a in attentions]
+    return torch.stack(per_layer).mean()
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """SHA-1 of every parameter and buffer: equal on all ranks when DDP kept them in sync."""
     h = hashlib.sha1()
