@@ -14,20 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 import vtviz
-from vtviz import render, views
-from vtviz.diagnostics import diagnose
-from vtviz.diagnostics import table as diagnostics_table
-from vtviz.errors import CheckpointError, VTVizError
-from vtviz.explain import preprocess_for
-from vtviz.faithful import ClassMaps, class_maps, class_panels, class_title
-from vtviz.gallery import Gallery, GalleryOptions, gallery_of_images, load_gallery
-from vtviz.image import load_image, prepare
-from vtviz.indices import parse_indices
-from vtviz.maps import Scale
-from vtviz.meta import Fit
-from vtviz.render import Colormap
-from vtviz.runtime import device_label
-from vtviz.session import (
+from vtviz.app.session import (
     ModelStore,
     Upload,
     comparable_first,
@@ -36,6 +23,19 @@ from vtviz.session import (
     plain,
     sample_uploads,
 )
+from vtviz.errors import CheckpointError, VTVizError
+from vtviz.image import load_image, prepare
+from vtviz.indices import parse_indices
+from vtviz.jobs.gallery import Gallery, GalleryOptions, gallery_of_images, load_gallery
+from vtviz.maps.diagnostics import diagnose
+from vtviz.maps.diagnostics import table as diagnostics_table
+from vtviz.maps.explain import preprocess_for
+from vtviz.maps.faithful import ClassMaps, class_maps, class_panels, class_title
+from vtviz.maps.tokens import Scale
+from vtviz.preprocess import Fit
+from vtviz.runtime import device_label
+from vtviz.viz import render, views
+from vtviz.viz.render import Colormap
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-lite0-imagenet"

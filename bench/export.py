@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 import vtviz
-from vtviz.export import ExportOptions, export
 from vtviz.image import fit_image, iter_image_files, load_image, to_tensor
+from vtviz.jobs.export import ExportOptions, export
 from vtviz.runtime import autocast_for, model_device
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import time
 import torch
 
 import vtviz
+from vtviz.models.teacher import load_efficientnet_lite0
 from vtviz.runtime import autocast_for, model_device
-from vtviz.teacher import load_efficientnet_lite0
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.meta import Fit, ModelMeta, Preprocess
+from vtviz.models.meta import ModelMeta
+from vtviz.preprocess import Fit, Preprocess
 
 torch.set_num_threads(1)
 
@@ -53,20 +54,20 @@ def rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def app_models(tmp_path_factory):
     """The bundled models when present; otherwise random stand-ins under the same names."""
-    from vtviz import checkpoint
+    from vtviz.models import registry
 
     names = {"vt-r18-imagenette-v7": ("filter", "recurrent"), "vt-r18-filter-imagenette-v7": ("filter", "filter"),
              "vt-lite0-imagenet": ("filter", "recurrent")}
     if all(n in vtviz.list_pretrained() for n in names):
-        yield checkpoint.PRETRAINED_DIR
+        yield registry.pretrained_dir()
         return
     folder = tmp_path_factory.mktemp("pretrained")
     for name, kinds in names.items():
         torch.manual_seed(1)
         if name.startswith("vt-lite0"):
-            from vtviz.distill import LITE_PREPROCESS
-            from vtviz.lite import vt_lite0
-            from vtviz.teacher import imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
+            from vtviz.models.lite import vt_lite0
+            from vtviz.models.teacher import imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
+            from vtviz.train.distill import LITE_PREPROCESS
 
             lite = vt_lite0()
             lite.load_teacher(load_efficientnet_lite0())
@@ -78,7 +79,10 @@ def app_models(tmp_path_factory):
         meta = ModelMeta(config=model.config, classes=tuple(f"class{i}" for i in range(10)),
                          preprocess=Preprocess(size=224), name=name)
         vtviz.save_model(model, folder / name, meta)
-    old = checkpoint.PRETRAINED_DIR
-    checkpoint.PRETRAINED_DIR = folder
+    old = os.environ.get("VTVIZ_PRETRAINED")
+    os.environ["VTVIZ_PRETRAINED"] = str(folder)
     yield folder
-    checkpoint.PRETRAINED_DIR = old
+    if old is None:
+        os.environ.pop("VTVIZ_PRETRAINED")
+    else:
+        os.environ["VTVIZ_PRETRAINED"] = old

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import vtviz
-from vtviz import session
+from vtviz.app import session
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 
@@ -109,7 +109,7 @@ def test_upload_switch_layer_tokens_kind_model(app):
     _by_label(app.sidebar.text_input, "Tokens").set_value("0,3")
     app.run()
     urls.add(_grid_url(app))
-    _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.MIXED)
+    _by_label(app.sidebar.radio, "Map").set_value(vtviz.viz.views.MapKind.MIXED)
     app.run()
     urls.add(_grid_url(app))
     assert len(urls) == 4 and app.calls["n"] == 6  # re-rendered, never re-run
@@ -118,7 +118,7 @@ def test_upload_switch_layer_tokens_kind_model(app):
     _by_label(app.sidebar.radio, "Layer").set_value(0)
     app.run()
     assert "projector assignment" in _by_label(app.sidebar.radio, "Map").options
-    _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.ASSIGNMENT)
+    _by_label(app.sidebar.radio, "Map").set_value(vtviz.viz.views.MapKind.ASSIGNMENT)
     app.run()
     assert not app.exception
     _by_label(app.sidebar.selectbox, "Model").set_value("vt-r18-filter-imagenette-v7")
@@ -231,20 +231,20 @@ def _one_hot_mixing_model() -> vtviz.VTResNet:
 
 
 def test_app_warns_on_degenerate_mixing(app, tmp_path, monkeypatch):
-    from vtviz import checkpoint
-    from vtviz.meta import ModelMeta, Preprocess
+    from vtviz.models.meta import ModelMeta
+    from vtviz.preprocess import Preprocess
 
     model = _one_hot_mixing_model()
     meta = ModelMeta(config=model.config, classes=tuple(f"class{i}" for i in range(10)),
                      preprocess=Preprocess(size=128), name="vt-r18-imagenette")
     vtviz.save_model(model, tmp_path / "vt-r18-imagenette", meta)
-    monkeypatch.setattr(checkpoint, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setenv("VTVIZ_PRETRAINED", str(tmp_path))
     app.run()
     assert not app.exception, app.exception
     # the diagnostics panel says so, with numbers; the tokenizer-attention view needs no warning
     assert any("layer 0: token mixing is degenerate" in w.value for w in app.warning)
     assert not [w for w in app.warning if "Token mixing is degenerate here" in w.value]
-    _by_label(app.sidebar.radio, "Map").set_value(vtviz.views.MapKind.MIXED)
+    _by_label(app.sidebar.radio, "Map").set_value(vtviz.viz.views.MapKind.MIXED)
     app.run()
     warnings = [w.value for w in app.warning if "Token mixing is degenerate here" in w.value]
     assert warnings and "nearly one map" in warnings[0]
@@ -291,7 +291,8 @@ def test_gallery_folder_opens_in_the_app(app, tmp_path):
 def test_a_model_without_tokens_is_explained_not_a_crash(app, tmp_path):
     import torch
 
-    from vtviz.meta import ModelMeta, Preprocess
+    from vtviz.models.meta import ModelMeta
+    from vtviz.preprocess import Preprocess
 
     torch.manual_seed(0)
     baseline = vtviz.resnet18(num_classes=10)
@@ -311,7 +312,7 @@ def test_a_model_without_tokens_is_explained_not_a_crash(app, tmp_path):
 
 def test_uploads_are_kept_small_and_few(tmp_path, small_model):
     """A huge upload is kept at most DISPLAY_SIDE px; only the newest uploaded checkpoints stay."""
-    from vtviz.session import DISPLAY_SIDE, ModelStore, Upload, explain_upload
+    from vtviz.app.session import DISPLAY_SIDE, ModelStore, Upload, explain_upload
 
     big = np.zeros((3000, 2000, 3), np.uint8)
     buf = io.BytesIO()
@@ -337,7 +338,7 @@ def test_uploads_are_deleted_when_the_process_ends(tmp_path):
     import subprocess
     import sys
 
-    code = ("from vtviz.session import upload_dir\n"
+    code = ("from vtviz.app.session import upload_dir\n"
             "d = upload_dir(); (d / 'x.safetensors').write_bytes(b'0' * 1000); print(d)\n")
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -381,8 +382,9 @@ def test_one_probability_per_photo_across_views(app):
 
 
 def test_compare_models_opens_on_the_comparable_model():
-    from vtviz.meta import ModelMeta, Preprocess
-    from vtviz.session import comparable_first
+    from vtviz.app.session import comparable_first
+    from vtviz.models.meta import ModelMeta
+    from vtviz.preprocess import Preprocess
 
     def meta(arch_model, classes):
         return ModelMeta(config=arch_model.config, classes=classes, preprocess=Preprocess(size=64))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.checkpoint import CheckpointError, portable_data_path
+from vtviz.models.checkpoint import CheckpointError, portable_data_path
 
 
 def test_round_trip_identical_logits(small_model, checkpoint):
@@ -132,7 +132,7 @@ def test_a_photo_renamed_pt_is_named_for_what_it_is(tmp_path):
 
 
 def test_uploaded_checkpoint_errors_name_the_users_file(tmp_path):
-    from vtviz.session import ModelStore
+    from vtviz.app.session import ModelStore
 
     with pytest.raises(vtviz.CheckpointError) as info:
         ModelStore(device="cpu").add_upload(b"\xff\xd8\xff\xe0 not really a photo", "my model.pt")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.diagnostics import argmax_ownership, diagnose, distinct_targets, received_attention
-from vtviz.maps import LayerMaps, TokenMaps
-from vtviz.model import Ablation
-from vtviz.views import MapKind, view_warnings
+from vtviz.maps.diagnostics import argmax_ownership, diagnose, distinct_targets, received_attention
+from vtviz.maps.tokens import LayerMaps, TokenMaps
+from vtviz.models.vt import Ablation
+from vtviz.viz.views import MapKind, view_warnings
 
 B, L, H, W = 10, 16, 8, 8
 
@@ -147,8 +147,8 @@ def test_attention_given_to_registers_is_reported():
 
 
 def test_table_for_people(small_model):
-    from vtviz import views
-    from vtviz.diagnostics import table
+    from vtviz.maps.diagnostics import table
+    from vtviz.viz import views
 
     maps = vtviz.token_maps(small_model, torch.randn(2, 3, 64, 64))
     rows = table(diagnose(maps))

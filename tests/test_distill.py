@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import vtviz
-from vtviz.distill import DistillConfig, kl_to_teacher, map_penalties
+from vtviz.train.distill import DistillConfig, kl_to_teacher, map_penalties
 
 
 def _folder(root, classes=2, per_class=10):

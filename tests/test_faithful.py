@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 import vtviz
-from vtviz import faithful as fa
 from vtviz.cli import main as cli
 from vtviz.image import to_tensor
-from vtviz.mapeval import MapEvalConfig, evaluate_maps, mosaic_image, mosaics
+from vtviz.jobs.evaluate_maps import MapEvalConfig, evaluate_maps, mosaic_image, mosaics
+from vtviz.maps import faithful as fa
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -185,10 +185,10 @@ def test_evaluate_maps_command(tmp_path, folder_and_model):
     assert summary["paste"]["layer 0"]["best_token_share_without_object"]["n"] == 4
     table = (out / "results.md").read_text()
     assert "| Grad-CAM |" in table and "Model randomisation" in table and "Pasted object" in table
-    lines = sum(len(p.read_text().splitlines()) for p in (out / "parts").glob("*.jsonl"))
+    lines = sum(len(p.read_text().splitlines()) for p in (out / ".parts").glob("*.jsonl"))
     # a rerun does nothing new: every unit is already there
     assert cli(["evaluate-maps", ckpt, "--data", str(data), "--out", str(out), *ARGS]) == 0
-    assert sum(len(p.read_text().splitlines()) for p in (out / "parts").glob("*.jsonl")) == lines
+    assert sum(len(p.read_text().splitlines()) for p in (out / ".parts").glob("*.jsonl")) == lines
     assert json.loads((out / "results.json").read_text())["pointing"] == summary["pointing"]
 
 
@@ -199,7 +199,7 @@ def test_evaluate_maps_resumes_after_kill(tmp_path, folder_and_model):
     cmd = [sys.executable, "-m", "vtviz", "evaluate-maps", ckpt, "--data", str(data), "--out", str(out),
            *ARGS[:-3], "--batch-size", "1", "--quiet"]
     proc = subprocess.Popen(cmd, env=ENV)
-    part = out / "parts" / "rank000.jsonl"
+    part = out / ".parts" / "rank000-of-001.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not part.exists() or len(part.read_text().splitlines()) < 3):
         time.sleep(0.05)
@@ -224,7 +224,7 @@ def test_api_refuses_other_settings_in_same_folder(tmp_path, folder_and_model):
 
 
 def test_export_class_maps(tmp_path, folder_and_model):
-    from vtviz.export import load_manifest
+    from vtviz.jobs.export import load_manifest
 
     data, ckpt = folder_and_model
     photo = sorted(data.rglob("*.png"))[0]

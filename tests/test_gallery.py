@@ -48,8 +48,8 @@ def test_gallery_writes_index_page_and_crops(tmp_path, checkpoint, capsys):
         assert Image.open(out / it["file"]).size == (48, 48)
     page = (out / "index.html").read_text()
     assert page.count("<img") == 2 * 16 * 3
-    assert not (out / ".gallery-parts").exists()
-    from vtviz.gallery import load_gallery
+    assert not (out / ".parts").exists()
+    from vtviz.jobs.gallery import load_gallery
 
     gallery = load_gallery(out, 1)
     assert len(gallery.items) == 16 and gallery.items[5][0].score == scores[0]
@@ -68,16 +68,21 @@ def test_killed_gallery_resumes_to_the_same_index(tmp_path, checkpoint):
     subprocess.run(_cmd(checkpoint, src, reference), env=ENV, check=True, timeout=300)
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(checkpoint, src, killed), env=ENV)
-    part = killed / ".gallery-parts" / "rank000-of-001" / "part.json"
+    part = killed / ".parts" / "rank000-of-001.jsonl"
+
+    def photos_done() -> int:  # photos in the units finished so far (a line cut by the kill is not one)
+        lines = part.read_text().splitlines() if part.exists() else []
+        return sum(json.loads(line)["records"]["photos"] for line in lines if line.endswith("}"))
+
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if part.exists() and json.loads(part.read_text())["done"] >= 6:
+        if photos_done() >= 6:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (killed / "index.json").exists()  # interrupted
-    done_before = json.loads(part.read_text())["done"]
+    done_before = photos_done()
     assert 6 <= done_before < 30
     subprocess.run(_cmd(checkpoint, src, killed), env=ENV, check=True, timeout=300)
     a = json.loads((reference / "index.json").read_text())

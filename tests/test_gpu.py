@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import vtviz
-from vtviz.export import ExportOptions, export, load_manifest
-from vtviz.session import ModelStore, Upload, explain_upload
+from vtviz.app.session import ModelStore, Upload, explain_upload
+from vtviz.jobs.export import ExportOptions, export, load_manifest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -94,7 +94,7 @@ def test_deeply_nested_metadata_is_refused(tmp_path, checkpoint):
 
 
 def test_nan_ood_bank_is_refused(tmp_path, small_model):
-    from vtviz.ood import OODScorer
+    from vtviz.models.ood import OODScorer
 
     model = vtviz.vt_resnet18(num_classes=5).eval()
     model.ood = OODScorer(torch.full((20, 1024), float("nan")), 3, 0.1, {})
@@ -139,7 +139,7 @@ def test_export_refuses_layers_and_tokens_the_model_lacks(tmp_path, checkpoint, 
 
 
 def test_markdown_in_names_is_made_inert():
-    from vtviz.session import plain
+    from vtviz.app.session import plain
 
     shown = plain("[click me](http:evil.example) **bold**.jpg")
     assert "](" not in shown.replace("\\]\\(", "") and "\\*\\*bold\\*\\*" in shown
@@ -229,7 +229,7 @@ def test_finished_export_writes_nothing(tmp_path, checkpoint, rgb):
 
 
 def test_app_upload_limit_holds_without_the_config_file(monkeypatch):
-    from vtviz import session
+    from vtviz.app import session
 
     monkeypatch.setattr(session, "MAX_UPLOAD_BYTES", 1000)
     with pytest.raises(ImageError, match="huge.png: upload too large"):
@@ -243,8 +243,8 @@ def test_killed_worker_is_a_message_not_a_traceback(tmp_path, checkpoint, rgb, m
 
     from PIL import Image
 
-    from vtviz import export as export_module
     from vtviz.cli import main
+    from vtviz.jobs import export as export_module
 
     def killed(*args, **kwargs):
         raise BrokenProcessPool("A process in the process pool was terminated abruptly")
@@ -274,4 +274,4 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'vtviz\[app\]'"):
         require("scipy.optimize")
     with pytest.raises(ImportError, match=r"vtviz\[app\]"):  # where the library needs it: token matching
-        vtviz.maps.match_tokens(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3))
+        vtviz.maps.tokens.match_tokens(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3))

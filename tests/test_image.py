@@ -13,7 +13,7 @@ from PIL import Image
 
 import vtviz
 from vtviz.image import fit_image, iter_image_files, maps_to_original
-from vtviz.meta import Fit, Preprocess
+from vtviz.preprocess import Fit, Preprocess
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -174,7 +174,7 @@ def test_iter_image_files(tmp_path, rgb):
 @pytest.mark.parametrize("fit", ["crop", "letterbox", "stretch"])
 def test_cell_to_original_inverts_the_geometry(fit):
     from vtviz.image import fit_image
-    from vtviz.meta import Fit, Preprocess
+    from vtviz.preprocess import Fit, Preprocess
 
     img = np.zeros((120, 200, 3), np.uint8)
     _, geo = fit_image(img, Preprocess(size=64, fit=Fit(fit)))
@@ -213,7 +213,7 @@ def test_crop_of_a_very_long_image_allocates_little():
     import tracemalloc
 
     from vtviz.image import fit_image
-    from vtviz.meta import Fit, Preprocess
+    from vtviz.preprocess import Fit, Preprocess
 
     strip = np.zeros((1, 60000, 3), np.uint8)
     strip[0, 29990:30010] = 255  # a bright dash at the centre

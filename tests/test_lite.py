@@ -9,8 +9,8 @@ import torch
 
 import vtviz
 from vtviz.foreign import foreign_photos
-from vtviz.lite import vt_lite0
-from vtviz.teacher import imagenet_categories, load_efficientnet_lite0
+from vtviz.models.lite import vt_lite0
+from vtviz.models.teacher import imagenet_categories, load_efficientnet_lite0
 
 pytestmark = pytest.mark.slow  # real models, a real browser or a notebook kernel
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.maps import (
+from vtviz.maps.tokens import (
     Scale,
     border_mass,
     distinct_peaks,
@@ -115,7 +115,7 @@ def test_layer_stats_on_model(small_model):
 def test_mass_regions_are_the_fewest_pixels_holding_the_mass():
     """Against a brute force over random maps ``[B, L, h, w]``: the highest pixels, taken until
     the ones before them hold ``mass``; the table's overlap is built on these regions."""
-    from vtviz.maps import mass_regions
+    from vtviz.maps.tokens import mass_regions
 
     maps = torch.rand(3, 4, 5, 6) ** 4
     got = mass_regions(maps, 0.5)
@@ -136,8 +136,8 @@ def test_mass_regions_are_the_fewest_pixels_holding_the_mass():
 def test_one_mass_region_exact_on_token_grids():
     """The 50%-mass region of a token grid is the smallest set of cells holding half the map:
     one definition for the manifest's overlap, the pieces count and the outlines."""
-    from vtviz.maps import mass_regions, mass_thresholds
-    from vtviz.render import region_pieces
+    from vtviz.maps.tokens import mass_regions, mass_thresholds
+    from vtviz.viz.render import region_pieces
 
     rng = np.random.default_rng(3)
     maps = torch.from_numpy(rng.random((4, 14, 14)).astype(np.float32) ** 4)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vtviz.model import (
+from vtviz.models.registry import build_model
+from vtviz.models.vt import (
     FilterTokenizer,
     ModelConfig,
     Projector,
     RecurrentTokenizer,
     TokenTransformer,
-    build_model,
     count_parameters,
     multiply_adds,
     resnet18,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import vtviz
-from vtviz.ood import OODScorer, auroc, fit_ood
+from vtviz.models.ood import OODScorer, auroc, fit_ood
 
 
 def _cluster(n: int, centre: torch.Tensor, spread: float, seed: int) -> torch.Tensor:

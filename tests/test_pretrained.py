@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.maps import StatsAccumulator
+from vtviz.maps.tokens import StatsAccumulator
 
 pytestmark = pytest.mark.slow  # real models, a real browser or a notebook kernel
 
@@ -33,7 +33,7 @@ def _photos() -> list[np.ndarray]:
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_model_loads_by_name(name):
     assert name in vtviz.list_pretrained()
-    path = vtviz.checkpoint.PRETRAINED_DIR / f"{name}.safetensors"
+    path = vtviz.models.registry.bundled_path(name)
     assert path.stat().st_size <= 25 * 2**20  # float16, at most 25 MB
     model = vtviz.load_model(name, device="cpu")
     meta = vtviz.model_meta(model)
@@ -58,7 +58,7 @@ def test_token_statistics_within_bounds_on_photos(name):
 def test_accuracy_on_a_val_sample(name):
     """20 val photos per class (the first by name): a quick check of the card's accuracy."""
     from vtviz.data import read_image_folder
-    from vtviz.evaluate import evaluate_arrays
+    from vtviz.jobs.evaluate import evaluate_arrays
 
     model = vtviz.load_model(name, device="cpu")
     pre = vtviz.model_meta(model).preprocess
@@ -102,8 +102,8 @@ def test_diagnostics_of_the_models_whose_parts_work(name):
     not the registers, >= 4 projector owners, no positional token, few border tokens, and a
     recurrent tokenizer whose maps come from the previous tokens."""
     from vtviz.data import normalize_batch, resize_batch
-    from vtviz.diagnostics import DiagnosticsAccumulator
-    from vtviz.maps import map_correlation
+    from vtviz.maps.diagnostics import DiagnosticsAccumulator
+    from vtviz.maps.tokens import map_correlation
 
     model = vtviz.load_model(name, device="cpu")
     images = _val_sample(model, 10)
@@ -136,7 +136,7 @@ def test_reference_flag_of_the_10_class_models(name):
     say what it sees (measured now on scikit-image's and matplotlib's photos, vtviz.foreign;
     the card: 17 of these 21 flagged, val 3.9% flagged), and a chessboard."""
     from vtviz.foreign import foreign_photos
-    from vtviz.ood import ReferenceFlag
+    from vtviz.models.ood import ReferenceFlag
 
     model = vtviz.load_model(name, device="cpu")
     assert isinstance(model.ood, ReferenceFlag) and model.ood.name == "vt-lite0-imagenet"

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vtviz import render
-from vtviz.render import Colormap
+from vtviz.viz import render
+from vtviz.viz.render import Colormap
 
 
 def test_overlay_hot_left_image_right():
@@ -100,7 +100,7 @@ def test_encode_formats(fmt):
 
 
 def test_labels_with_newlines_and_control_characters_draw():
-    from vtviz import render
+    from vtviz.viz import render
 
     strip = render.text_strip("photo\nwith a\tnewline\x00.png", 200)
     assert strip.shape == (18, 200, 3) and (strip < 128).any()  # text drawn, no exception

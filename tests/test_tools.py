@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import vtviz
-from vtviz.meta import ModelMeta, Preprocess
-from vtviz.ood import fit_ood
+from vtviz.models.meta import ModelMeta
+from vtviz.models.ood import fit_ood
+from vtviz.preprocess import Preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

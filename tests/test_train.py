@@ -16,9 +16,9 @@ from PIL import Image
 
 import vtviz
 from vtviz.cli import main as cli
-from vtviz.diagnostics import distinct_targets
-from vtviz.model import VTLayerOutput
-from vtviz.train import (
+from vtviz.maps.diagnostics import distinct_targets
+from vtviz.models.vt import VTLayerOutput
+from vtviz.train.loop import (
     TrainConfig,
     border_weight,
     hard_balance_penalty,
@@ -241,7 +241,7 @@ def test_torchrun_two_ranks_identical_weights(tiny_folder, tmp_path):
 
 
 def test_schedule_and_config_from_the_command_line():
-    from vtviz.train import TrainConfig, add_arguments, parse_schedule
+    from vtviz.train.loop import TrainConfig, add_arguments, parse_schedule
 
     assert parse_schedule("128:2,160:1") == [128, 128, 160]
     with pytest.raises(ValueError):
@@ -267,7 +267,7 @@ def test_schedule_and_config_from_the_command_line():
 def test_data_cache_follows_a_changed_file(tmp_path):
     """Same count, same first and last names: a changed middle file must not be served stale."""
     from vtviz.data import read_image_folder
-    from vtviz.meta import Preprocess
+    from vtviz.preprocess import Preprocess
 
     root = tmp_path / "d" / "c0"
     root.mkdir(parents=True)
@@ -282,7 +282,7 @@ def test_data_cache_follows_a_changed_file(tmp_path):
 
 
 def test_dev_split_is_per_class_and_disjoint():
-    from vtviz.train import dev_split
+    from vtviz.train.loop import dev_split
 
     labels = np.repeat([0, 1, 2], [10, 20, 30])
     train_idx, dev_idx = dev_split(labels, 0.1, seed=0)
@@ -296,8 +296,8 @@ def test_precise_bn_matches_batch_statistics(small_model):
     import copy
 
     from vtviz.data import ImageFolderData
-    from vtviz.meta import Preprocess
-    from vtviz.train import precise_bn
+    from vtviz.preprocess import Preprocess
+    from vtviz.train.loop import precise_bn
 
     model = copy.deepcopy(small_model)
     rng = np.random.default_rng(0)
@@ -420,10 +420,10 @@ def test_consistent_teacher_labels_the_crop_the_student_sees():
     """--kd-consistent: the teacher runs on the student's own (augmented, normalised) batch,
     converted to its normalisation: the same logits as the teacher on those pixels."""
     from vtviz.data import normalize_batch
-    from vtviz.meta import Preprocess
+    from vtviz.models.teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
+    from vtviz.preprocess import Preprocess
     from vtviz.runtime import autocast_for
-    from vtviz.teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
-    from vtviz.train import CropTeacher
+    from vtviz.train.loop import CropTeacher
 
     classes = ["tench", "English springer", "church"]
     pre = Preprocess(size=64)

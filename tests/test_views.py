@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from vtviz import render, views
 from vtviz.image import Geometry
-from vtviz.maps import ImageMaps, LayerMaps, Scale, TokenMaps
-from vtviz.render import Colormap
+from vtviz.maps.tokens import ImageMaps, LayerMaps, Scale, TokenMaps
+from vtviz.viz import render, views
+from vtviz.viz.render import Colormap
 
 H = W = 4
 L = 3
@@ -140,7 +140,7 @@ def test_default_grid_shows_every_token_on_real_photos(app_models):
 
 
 def test_colour_bar_labels_are_never_cut():
-    from vtviz import render
+    from vtviz.viz import render
 
     label = "attention: each map from its min to its max, a long label on a short bar"
     bar = render.colorbar(Colormap.TURBO, 0, 1, 120, label=label, alpha=0.85, gamma=0.3)
@@ -154,7 +154,7 @@ def test_token_palette_is_well_separated():
 
     from skimage.color import deltaE_ciede2000, rgb2lab
 
-    from vtviz.render import TOKEN_COLORS
+    from vtviz.viz.render import TOKEN_COLORS
 
     lab = rgb2lab(TOKEN_COLORS[None].astype(float) / 255)[0]
     distances = [deltaE_ciede2000(lab[i], lab[j]) for i, j in itertools.combinations(range(16), 2)]
@@ -162,7 +162,7 @@ def test_token_palette_is_well_separated():
 
 
 def test_constellation_draws_every_token_in_its_colour():
-    from vtviz.render import TOKEN_COLORS
+    from vtviz.viz.render import TOKEN_COLORS
 
     res = _result(1)
     att = torch.full((1, L, H, W), 1e-3)
@@ -192,7 +192,7 @@ def test_matching_recovers_a_permutation_of_tokens(small_model, rgb):
     import copy
 
     import vtviz
-    from vtviz.maps import match_tokens
+    from vtviz.maps.tokens import match_tokens
 
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
     other = copy.deepcopy(small_model)
@@ -212,7 +212,7 @@ def test_matching_recovers_a_permutation_of_tokens(small_model, rgb):
 
 
 def test_npz_download_stands_on_its_own():
-    from vtviz.maps import read_maps_npz
+    from vtviz.maps.tokens import read_maps_npz
 
     res = _result(2)
     data = views.maps_npz(res, ["a.jpg", "b.png"], "my-model")

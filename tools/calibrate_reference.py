@@ -1,4 +1,4 @@
-"""Give 10-class models the reference unfamiliar-photo flag (:class:`vtviz.ood.ReferenceFlag`).
+"""Give 10-class models the reference unfamiliar-photo flag (:class:`vtviz.models.ood.ReferenceFlag`).
 
     python tools/calibrate_reference.py --reference vt-lite0-imagenet \\
         --data ../shared/datasets/imagenette MODEL [MODEL ...] [--write] [--val]
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 import vtviz
-from vtviz.checkpoint import read_checkpoint
 from vtviz.data import read_image_folder
 from vtviz.foreign import foreign_photos
-from vtviz.meta import Fit, Preprocess
-from vtviz.ood import ReferenceFlag
-from vtviz.teacher import imagenet_indices
-from vtviz.train import dev_split
+from vtviz.models.checkpoint import read_checkpoint
+from vtviz.models.ood import ReferenceFlag
+from vtviz.models.teacher import imagenet_indices
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.train.loop import dev_split
 
 
 def rates(flag: ReferenceFlag, inside: list[np.ndarray], outside: list[tuple[str, np.ndarray]]) -> dict:

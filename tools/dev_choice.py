@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 import vtviz
-from vtviz.checkpoint import save_model
 from vtviz.data import read_image_folder
-from vtviz.meta import Fit, ModelMeta, Preprocess
-from vtviz.train import dev_split, evaluate_dev, precise_bn
+from vtviz.models.checkpoint import save_model
+from vtviz.models.meta import ModelMeta
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.train.loop import dev_split, evaluate_dev, precise_bn
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ them into ``BUDGET`` seconds, trains them side by side with that same recipe, th
 ``tests/test_gpu.py`` and ``bench/export.py`` on CUDA with the first run's checkpoint. Checkpoints
 of ``SHIP`` come back in 15 MiB parts under ``$OUT``; the others stay in ``$RUNS_DIR`` for
 ``python tools/device_train.py ship NAME...`` in a next call on the same (warm) machine. Every run
-is a plain ``python -m vtviz.train`` command, printed and recorded in its checkpoint. Nothing reads
+is a plain ``python -m vtviz.train.loop`` command, printed and recorded in its checkpoint. Nothing reads
 val or dev there: choose the input size with ``tools/dev_choice.py`` and measure val once, here.
 
 A lease from this workplace (its ``device`` tool) sends the checkout's tracked files, and the
@@ -111,9 +111,9 @@ def pack(data_root: Path, quality: int = 60) -> None:
     from PIL import Image
 
     from vtviz.data import read_image_folder
-    from vtviz.meta import Fit, Preprocess
-    from vtviz.teacher import load_efficientnet_lite0
-    from vtviz.train import dev_split
+    from vtviz.models.teacher import load_efficientnet_lite0
+    from vtviz.preprocess import Fit, Preprocess
+    from vtviz.train.loop import dev_split
 
     SRC.mkdir(exist_ok=True)
     train = read_image_folder(data_root / "train", Preprocess(size=224, fit=Fit.STRETCH),
@@ -153,7 +153,7 @@ def unpack() -> int:
             p.write_bytes(f.read(n))
     shutil.copy(SRC / "classes.json", ROOT / "classes.json")
     from vtviz.data import read_image_folder  # decoded once into the cache every run reads
-    from vtviz.meta import Fit, Preprocess
+    from vtviz.preprocess import Fit, Preprocess
 
     data = read_image_folder(ROOT / "train", Preprocess(size=max(SIZES), fit=Fit.STRETCH),
                              cache_dir=CACHE, progress=False)
@@ -165,7 +165,7 @@ def launch(kind: str, tag: str, schedule: str) -> tuple[subprocess.Popen, Path, 
     """Start one ``vtviz train`` run of ``kind`` (its output to ``RUNS_DIR/TAG.log``)."""
     epochs = sum(int(part.split(":")[1]) for part in schedule.split(","))
     args = [f"{ANNEAL_SHARE * epochs:g}" if a == "ANNEAL" else a for a in KINDS[kind]]
-    cmd = [sys.executable, "-m", "vtviz.train", *COMMON, *args, "--schedule", schedule,
+    cmd = [sys.executable, "-m", "vtviz.train.loop", *COMMON, *args, "--schedule", schedule,
            "--out", str(RUNS_DIR / tag)]
     log = RUNS_DIR / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,15 @@ import torch
 
 import vtviz
 from vtviz.data import read_image_folder
-from vtviz.diagnostics import DiagnosticsAccumulator
-from vtviz.distill import teacher_logits
 from vtviz.foreign import foreign_photos
 from vtviz.image import prepare
-from vtviz.maps import from_output, map_correlation
-from vtviz.meta import Fit, Preprocess
-from vtviz.model import Ablation
-from vtviz.render import region_pieces
-from vtviz.train import dev_split
+from vtviz.maps.diagnostics import DiagnosticsAccumulator
+from vtviz.maps.tokens import from_output, map_correlation
+from vtviz.models.vt import Ablation
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.train.distill import teacher_logits
+from vtviz.train.loop import dev_split
+from vtviz.viz.render import region_pieces
 
 
 def _passes(model, x):

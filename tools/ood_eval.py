@@ -19,7 +19,7 @@ import numpy as np
 
 import vtviz
 from vtviz.data import read_image_folder
-from vtviz.evaluate import ood_report
+from vtviz.jobs.evaluate import ood_report
 
 FOREIGN = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
            "camera", "moon", "coins", "grass", "gravel", "brick", "cell", "clock", "page", "text"]

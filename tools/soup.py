@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 import vtviz
-from vtviz.checkpoint import save_model
-from vtviz.meta import ModelMeta
-from vtviz.model import VTResNet
+from vtviz.models.checkpoint import save_model
+from vtviz.models.meta import ModelMeta
+from vtviz.models.vt import VTResNet
 
 
 def main() -> None:

@@ -9,19 +9,11 @@ Typical use::
     layer.attention                                       # [B, L, h, w], sums to 1 over h*w
 """
 
-from .checkpoint import (
-    attach_meta,
-    list_pretrained,
-    load_model,
-    model_meta,
-    read_checkpoint,
-    save_model,
-)
-from .diagnostics import LayerDiagnostics, diagnose
-from .errors import CheckpointError, ImageError, VTVizError
-from .explain import explain_images, predict, token_maps
-from .image import Geometry, load_image, maps_to_original, prepare
-from .maps import (
+from vtviz.errors import CheckpointError, ImageError, VTVizError
+from vtviz.image import Geometry, load_image, maps_to_original, prepare
+from vtviz.maps.diagnostics import LayerDiagnostics, diagnose
+from vtviz.maps.explain import explain_images, predict, token_maps
+from vtviz.maps.tokens import (
     ImageMaps,
     LayerMaps,
     LayerStats,
@@ -33,9 +25,18 @@ from .maps import (
     top_k,
     upsample,
 )
-from .meta import Fit, ModelMeta, Preprocess
-from .model import Ablation, ModelConfig, VTModel, VTResNet, build_model, resnet18, vt_resnet18, vt_resnet34
-from .runtime import device_label, resolve_device
+from vtviz.models.checkpoint import (
+    attach_meta,
+    load_model,
+    model_meta,
+    read_checkpoint,
+    save_model,
+)
+from vtviz.models.meta import ModelMeta
+from vtviz.models.registry import build_model, list_pretrained
+from vtviz.models.vt import Ablation, ModelConfig, VTModel, VTResNet, resnet18, vt_resnet18, vt_resnet34
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.runtime import device_label, resolve_device
 
 __version__ = "0.1.0"
 

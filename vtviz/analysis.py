@@ -17,18 +17,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import render, views
-from .checkpoint import model_meta
-from .errors import require
-from .explain import explain_images, preprocess_for, token_maps
-from .faithful import class_maps
-from .gallery import Gallery, GalleryBuilder, GalleryItem
-from .image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
-from .maps import ImageMaps, TokenMaps, TokenStat, map_correlation, mass_regions, region_iou, spread, token_table
-from .model import VTModel
-from .render import Colormap
-from .runtime import model_device
-from .views import MapKind, RenderOptions
+from vtviz.errors import require
+from vtviz.image import ImageSource, iter_image_files, load_image, maps_to_original, prepare
+from vtviz.jobs.gallery import Gallery, GalleryBuilder, GalleryItem
+from vtviz.maps.explain import explain_images, preprocess_for, token_maps
+from vtviz.maps.faithful import class_maps
+from vtviz.maps.tokens import (
+    ImageMaps,
+    TokenMaps,
+    TokenStat,
+    map_correlation,
+    mass_regions,
+    region_iou,
+    spread,
+    token_table,
+)
+from vtviz.models.checkpoint import model_meta
+from vtviz.models.vt import VTModel
+from vtviz.runtime import model_device
+from vtviz.viz import render, views
+from vtviz.viz.render import Colormap
+from vtviz.viz.views import MapKind, RenderOptions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,7 +49,7 @@ def show_tokens(model: nn.Module, images: Sequence[ImageSource], layer: int = 0,
                 names: Sequence[str] | None = None, **render_options: Any) -> Figure:
     """The token x image grid (rows = tokens, columns = images) as a matplotlib Figure.
 
-    ``render_options`` are :class:`~vtviz.views.RenderOptions` fields (colormap, alpha,
+    ``render_options`` are :class:`~vtviz.viz.views.RenderOptions` fields (colormap, alpha,
     scale, contour, cell) and ``fit`` (crop / letterbox / stretch).
     """
     fit = render_options.pop("fit", None)
@@ -54,7 +63,7 @@ def show_tokens(model: nn.Module, images: Sequence[ImageSource], layer: int = 0,
 
 # --------------------------------------------------------------------------- statistics
 def token_stats(maps: TokenMaps | ImageMaps, layers: Sequence[int] | None = None) -> list[TokenStat]:
-    """One :class:`~vtviz.maps.TokenStat` per (image, layer, token): :func:`vtviz.maps.token_table`.
+    """One :class:`~vtviz.maps.tokens.TokenStat` per (image, layer, token): :func:`vtviz.maps.tokens.token_table`.
 
     With :class:`ImageMaps` the peaks are also placed on the original images (``peak_xy``).
     """
@@ -174,7 +183,7 @@ class ClassProfile:
 
 def soft_ownership(attention: Tensor) -> Tensor:
     """Soft share of each pixel owned by each token: attention normalised over tokens ``[B, L, h, w]``
-    (:func:`vtviz.diagnostics.argmax_ownership` counts the pixels each token wins instead)."""
+    (:func:`vtviz.maps.diagnostics.argmax_ownership` counts the pixels each token wins instead)."""
     a = attention.float()
     return a / a.sum(1, keepdim=True).clamp_min(1e-12)
 
@@ -281,7 +290,7 @@ def token_attribution(model: VTModel, image: ImageSource | Tensor, target: int |
 def pixel_attribution(model: VTModel, image: ImageSource | Tensor, target: int | str | None = None,
                       method: Literal["gradcam", "ig"] = "gradcam", steps: int = 32) -> np.ndarray:
     """A pixel-space attribution ``[H, W]`` (input resolution) to set beside token maps:
-    Grad-CAM on the stem's feature map (vtviz's one Grad-CAM, :func:`vtviz.faithful.class_maps`),
+    Grad-CAM on the stem's feature map (vtviz's one Grad-CAM, :func:`vtviz.maps.faithful.class_maps`),
     or Captum's Integrated Gradients summed over colours."""
     model.eval()
     x = _one(model, image).float()

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_model, model_meta, record_evaluation
-from .errors import CheckpointError, VTVizError, json_text
-from .meta import Fit
-from .render import Colormap
+from vtviz.errors import CheckpointError, VTVizError, json_text
+from vtviz.models.checkpoint import load_model, model_meta, record_evaluation
+from vtviz.preprocess import Fit
+from vtviz.viz.render import Colormap
 
 
 def _describe(name: str, model: Any, full: bool = False) -> dict[str, Any]:
     """What ``vtviz info`` prints: a concise summary, or everything with ``full``."""
-    from .model import count_parameters
+    from vtviz.models.vt import count_parameters
 
     meta = model_meta(model)
     training = dict(meta.training)
@@ -60,8 +60,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .explain import predictions
-    from .image import load_image, scan_inputs, shown_path
+    from vtviz.image import load_image, scan_inputs, shown_path
+    from vtviz.maps.explain import predictions
 
     scan = scan_inputs(args.images)
     model = load_model(args.model, device=args.device)
@@ -98,7 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from vtviz.jobs.evaluate import evaluate
 
     model = load_model(args.model, device=args.device)
     if args.record and args.size not in (None, model_meta(model).preprocess.size):
@@ -117,11 +117,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from .export import iter_inputs
-    from .gallery import GalleryOptions, build_gallery
-    from .indices import parse_indices
-    from .model import VTModel
-    from .runtime import close_distributed, init_distributed
+    from vtviz.indices import parse_indices
+    from vtviz.jobs.export import iter_inputs
+    from vtviz.jobs.gallery import GalleryOptions, build_gallery
+    from vtviz.models.vt import VTModel
+    from vtviz.runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
     try:
@@ -148,11 +148,11 @@ def cmd_calibrate_ood(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .checkpoint import save_model
-    from .data import read_image_folder
-    from .evaluate import calibrate_ood
-    from .model import VTModel
-    from .train import dev_split
+    from vtviz.data import read_image_folder
+    from vtviz.jobs.evaluate import calibrate_ood
+    from vtviz.models.checkpoint import save_model
+    from vtviz.models.vt import VTModel
+    from vtviz.train.loop import dev_split
 
     model = load_model(args.model, device=args.device)
     if not isinstance(model, VTModel):
@@ -171,7 +171,7 @@ def cmd_calibrate_ood(args: argparse.Namespace) -> int:
 
 def _evaluation_text(result: dict) -> str:
     """A few readable lines: accuracy, each layer's diagnostics and warnings, ablations."""
-    from .diagnostics import LayerDiagnostics
+    from vtviz.maps.diagnostics import LayerDiagnostics
 
     lines = [f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  ({result['images']} images, "
              f"{result['input_size']} px)"]
@@ -190,10 +190,10 @@ def _evaluation_text(result: dict) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportOptions, export, input_notes
-    from .image import scan_inputs
-    from .indices import parse_indices
-    from .runtime import close_distributed, init_distributed
+    from vtviz.image import scan_inputs
+    from vtviz.indices import parse_indices
+    from vtviz.jobs.export import ExportOptions, export, input_notes
+    from vtviz.runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
     rank, world, barrier = d.rank, d.world, d.barrier
@@ -238,14 +238,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from vtviz.train.loop import train
 
     train(args)
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .distill import DistillConfig, distill
+    from vtviz.train.distill import DistillConfig, distill
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "recipe")}
     print(json_text({"checkpoint": str(distill(DistillConfig.from_recipe(args.recipe, **values)))}))
@@ -260,11 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_info_predict, _add_evaluate_calibrate, _add_evaluate_maps, _add_export, _add_gallery):
         add(sub)
     p = sub.add_parser("train", help="train a VT model on an ImageFolder dataset")
-    from .train import add_arguments
+    from vtviz.train.loop import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_train)
-    from .distill import add_arguments as distill_arguments
+    from vtviz.train.distill import add_arguments as distill_arguments
 
     p = sub.add_parser("distill", help="distil VT-Lite0 (1000 classes) from its backbone: a recipe file")
     distill_arguments(p)
@@ -289,7 +289,7 @@ def _add_info_predict(sub: Any) -> None:
 
 
 def _add_evaluate_maps(sub: Any) -> None:
-    from .mapeval import MapEvalConfig
+    from vtviz.jobs.evaluate_maps import MapEvalConfig
 
     d = MapEvalConfig()
     p = sub.add_parser("evaluate-maps", help="do the maps land on the object and explain the prediction? "
@@ -316,8 +316,8 @@ def _add_evaluate_maps(sub: Any) -> None:
 
 
 def cmd_evaluate_maps(args: argparse.Namespace) -> int:
-    from .mapeval import MapEvalConfig, evaluate_maps
-    from .runtime import close_distributed, init_distributed
+    from vtviz.jobs.evaluate_maps import MapEvalConfig, evaluate_maps
+    from vtviz.runtime import close_distributed, init_distributed
 
     d, device = init_distributed(args.device)
     try:

@@ -22,9 +22,9 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
-from .errors import ImageError
-from .image import IMAGE_SUFFIXES, fit_image, load_image
-from .meta import Preprocess
+from vtviz.errors import ImageError
+from vtviz.image import IMAGE_SUFFIXES, fit_image, load_image
+from vtviz.preprocess import Preprocess
 
 
 @dataclass(frozen=True)

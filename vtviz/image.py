@@ -21,8 +21,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .errors import ImageError
-from .meta import Fit, Preprocess
+from vtviz.errors import ImageError
+from vtviz.preprocess import Fit, Preprocess
 
 ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
 

@@ -21,26 +21,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .meta import ModelMeta
-from .model import ARCHITECTURES, Model, ResNet, VTModel, build_model
-from .ood import BANK_KEY, OODScorer, ReferenceFlag
-from .runtime import resolve_device
+from vtviz.errors import CheckpointError
+from vtviz.models.meta import ModelMeta
+from vtviz.models.ood import BANK_KEY, OODScorer, ReferenceFlag
+from vtviz.models.registry import ARCHITECTURES, SUFFIX, build_model, bundled_path, list_pretrained
+from vtviz.models.vt import Model, ResNet, VTModel
+from vtviz.runtime import resolve_device
 
 M = TypeVar("M", VTModel, ResNet)
 FORMAT = "vtviz/1"
 #: Most training features an OOD bank may hold.
 MAX_BANK = 100_000
-SUFFIX = ".safetensors"
-#: Folder of bundled models: ``vtviz/pretrained`` (package data, so it is there in an
-#: installed wheel too); the ``VTVIZ_PRETRAINED`` environment variable names another folder.
-PRETRAINED_DIR = Path(os.environ.get("VTVIZ_PRETRAINED", Path(__file__).resolve().parent / "pretrained"))
-
-
-def list_pretrained(folder: Path | None = None) -> list[str]:
-    """Names of the models bundled in ``vtviz/pretrained/`` (loadable by :func:`load_model`)."""
-    folder = Path(folder or PRETRAINED_DIR)
-    return sorted(p.name[: -len(SUFFIX)] for p in folder.glob(f"*{SUFFIX}"))
 
 
 def save_model(
@@ -115,7 +106,7 @@ def _find(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    bundled = PRETRAINED_DIR / f"{name_or_path}{SUFFIX}"
+    bundled = bundled_path(str(name_or_path))
     if bundled.is_file():
         return bundled
     if os.path.lexists(path) and not path.exists():
@@ -311,7 +302,7 @@ def load_model(
 ) -> Model:
     """Load a bundled model by name, or a checkpoint by path, in eval mode on ``device``.
 
-    The returned model carries its :class:`~vtviz.meta.ModelMeta` in its ``meta`` field.
+    The returned model carries its :class:`~vtviz.models.meta.ModelMeta` in its ``meta`` field.
     Raises :class:`~vtviz.errors.CheckpointError` with the reason on any bad file.
     """
     tensors, meta, path = read_checkpoint(name_or_path, meta)

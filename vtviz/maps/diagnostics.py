@@ -6,7 +6,7 @@ every pixel of the projector (the assignment partition is one colour), tokens pa
 a fixed place whatever the image ("positional" tokens), tokens on the map's border, and
 tokens whose vectors are norm outliers ("high-norm" tokens, Darcet et al. 2023).
 
-Per-image quantities are computed on a batch of :class:`~vtviz.maps.TokenMaps`;
+Per-image quantities are computed on a batch of :class:`~vtviz.maps.tokens.TokenMaps`;
 :class:`DiagnosticsAccumulator` adds them up over a dataset (peak locations need many
 images: a token is positional when its peak hardly moves across them).
 """
@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .maps import LayerMaps, TokenMaps, border_mass, peak_positions
-from .thresholds import (
+from vtviz.maps.thresholds import (
     BORDER_SHARE,
     HIGH_NORM_FACTOR,
     MAX_BORDER_SINKS,
@@ -34,6 +33,7 @@ from .thresholds import (
     SELF_SHARE,
     SINK_SHARE,
 )
+from vtviz.maps.tokens import LayerMaps, TokenMaps, border_mass, peak_positions
 
 
 def image_mixing(mixing: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
 """Every threshold that vtviz's diagnostics and views judge tokens by, in one documented place.
 
-Diagnostics (:mod:`vtviz.diagnostics`) say when a view is meaningless; the targets
+Diagnostics (:mod:`vtviz.maps.diagnostics`) say when a view is meaningless; the targets
 (``MIN_*``/``MAX_*``) are what a model must meet for its diagnostics panel to show no warning
-(the models issues' targets); token statistics bounds (:meth:`vtviz.maps.LayerStats.within_bounds`)
+(the models issues' targets); token statistics bounds (:meth:`vtviz.maps.tokens.LayerStats.within_bounds`)
 say whether a layer's tokens are focused and distinct enough to show; the rest are drawing rules.
 """
 

@@ -1,4 +1,4 @@
-"""Running a model: image batches in, :class:`~vtviz.maps.TokenMaps` and predictions out."""
+"""Running a model: image batches in, :class:`~vtviz.maps.tokens.TokenMaps` and predictions out."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from .checkpoint import model_meta
-from .image import ImageSource, load_image, prepare
-from .maps import ImageMaps, TokenMaps, from_output, top_k
-from .meta import Fit, Preprocess
-from .model import NO_ABLATION, Ablation, VTModel
-from .ood import ReferenceFlag, pooled_features
-from .runtime import inference, to_model_input
+from vtviz.image import ImageSource, load_image, prepare
+from vtviz.maps.tokens import ImageMaps, TokenMaps, from_output, top_k
+from vtviz.models.checkpoint import model_meta
+from vtviz.models.ood import ReferenceFlag, pooled_features
+from vtviz.models.vt import NO_ABLATION, Ablation, VTModel
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.runtime import inference, to_model_input
 
 
 def _require_vt(model: nn.Module) -> VTModel:
@@ -70,7 +70,7 @@ def explain_images(model: nn.Module, images: Sequence[ImageSource | np.ndarray],
 class FlagScores:
     """The unfamiliar-photo flag of a batch: each image's score (above ``threshold``: flagged)
     and, for a reference flag, what the 1000-class reference sees (``looks_like``). All None
-    for a model without a flag (see :mod:`vtviz.ood`)."""
+    for a model without a flag (see :mod:`vtviz.models.ood`)."""
 
     scores: tuple[float, ...] | None = None
     threshold: float | None = None
@@ -92,7 +92,7 @@ def ood_scores(model: nn.Module, maps: TokenMaps, images: Sequence[np.ndarray]) 
 @dataclass(frozen=True)
 class Prediction:
     """One image's prediction: top-k (class, probability), and the out-of-distribution score
-    and flag (None for a model without one: see :mod:`vtviz.ood`)."""
+    and flag (None for a model without one: see :mod:`vtviz.models.ood`)."""
 
     top: list[tuple[str, float]]
     ood_score: float | None = None

@@ -1,6 +1,6 @@
 """Comparison views shared by the app, the exporter and notebooks: pictures from maps.
 
-Each function takes :class:`~vtviz.explain.ImageMaps` (what a model returned for some images)
+Each function takes :class:`~vtviz.maps.explain.ImageMaps` (what a model returned for some images)
 and render options, and returns an RGB uint8 picture; :func:`figure` wraps one in matplotlib.
 No model is run here: changing colours or tokens only re-renders.
 """
@@ -17,13 +17,21 @@ from dataclasses import dataclass, replace
 import numpy as np
 from torch import Tensor, nn
 
-from . import render
-from .diagnostics import LayerDiagnostics
-from .errors import require
-from .image import Geometry, maps_to_original
-from .maps import ImageMaps, LayerMaps, Scale, TokenMatching, match_tokens, normalize_with_range, token_table
-from .render import Colormap
-from .thresholds import ALL_TOKENS_MASS, FRAGMENTED, REGISTER_SHARE, SELF_SHARE, SINK_SHARE
+from vtviz.errors import require
+from vtviz.image import Geometry, maps_to_original
+from vtviz.maps.diagnostics import LayerDiagnostics
+from vtviz.maps.thresholds import ALL_TOKENS_MASS, FRAGMENTED, REGISTER_SHARE, SELF_SHARE, SINK_SHARE
+from vtviz.maps.tokens import (
+    ImageMaps,
+    LayerMaps,
+    Scale,
+    TokenMatching,
+    match_tokens,
+    normalize_with_range,
+    token_table,
+)
+from vtviz.viz import render
+from vtviz.viz.render import Colormap
 
 
 class MapKind(str, enum.Enum):
@@ -68,7 +76,7 @@ def model_kinds(model: nn.Module, layer: int) -> list[MapKind]:
 class RenderOptions:
     """How maps are drawn (the defaults are the readable ones, used by app, export and notebook).
 
-    colormap, alpha (largest opacity), scale (see :class:`~vtviz.maps.Scale`), contour (outline
+    colormap, alpha (largest opacity), scale (see :class:`~vtviz.maps.tokens.Scale`), contour (outline
     of the region holding this share of a map's mass; None: none), cell (grid cell width, px),
     dim (how much the photo is desaturated and darkened under the maps), gamma (opacity ramp
     ``alpha * value**gamma``: below 1 a sharp, point-like map gets a visible halo), marker (ring
@@ -113,7 +121,7 @@ def overlays(result: ImageMaps, layer: int, tokens: Sequence[int],
     """Overlays ``[N_images, T, H, W, 3]``: each image fitted into a cell ``cell`` px wide
     whose height follows the images' median aspect (see :func:`cell_shape`).
 
-    Maps are scaled by :func:`vtviz.maps.normalize` with ``options.scale`` over what is
+    Maps are scaled by :func:`vtviz.maps.tokens.normalize` with ``options.scale`` over what is
     drawn together; with ``Scale.SHARED`` the common upper end (0..max over all images and
     tokens shown) is returned as the second value (None for the other scales).
     """
@@ -152,7 +160,7 @@ def _draw(base: np.ndarray, unit: Tensor, geometry: Geometry, options: RenderOpt
 def _regions(maps: Tensor, geometry: Geometry, mass: float | None) -> render.Regions | None:
     """The ``mass`` regions of maps ``[T, h, w]`` (of the model's own values, so that every
     picture of a token outlines the same region) on their photo, traced once on a coarse
-    sampling of it (:data:`vtviz.render.TRACE_SAMPLES` across its shorter side) for pictures of
+    sampling of it (:data:`vtviz.viz.render.TRACE_SAMPLES` across its shorter side) for pictures of
     any size; None when ``mass`` is None (no contours)."""
     return None if mass is None else _traced(maps, geometry, mass)
 
@@ -198,7 +206,7 @@ def layer_grid(result: ImageMaps, image: int, tokens: Sequence[int],
     """One image: rows = tokens of the first layer, columns = layers (e.g. filter vs recurrent).
 
     With ``match`` each later layer's column shows the token that corresponds to the row's
-    (:func:`vtviz.maps.match_tokens` on the tokenizer attention over all images of ``result``),
+    (:func:`vtviz.maps.tokens.match_tokens` on the tokenizer attention over all images of ``result``),
     labelled with its number and similarity; without it, token *i* beside token *i*.
     """
     layers = list(range(len(result.maps.layers))) if layers is None else list(layers)
@@ -305,7 +313,7 @@ def mixing_view(result: ImageMaps, image: int, layer: int, cell: int = 18,
 
 
 def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str, object]]:
-    """Rows of :func:`vtviz.maps.token_table` for one token of one layer, one per image."""
+    """Rows of :func:`vtviz.maps.tokens.token_table` for one token of one layer, one per image."""
     return [row.to_dict() for row in token_table(result.maps, result.geometries, [layer])
             if row.token == token]
 
@@ -316,7 +324,7 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
                        regions: render.Regions | None = None, base: np.ndarray | None = None,
                        title: bool = True, legend: bool = True) -> np.ndarray:
     """All tokens of one image at once: each token's 50%-mass region in its own colour
-    (:data:`vtviz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
+    (:data:`vtviz.viz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
     photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
     prediction and a colour legend frame it; when the regions are fragmented (``FRAGMENTED``
     pieces per token or more, on the token grid) a line under the title says so. ``regions``: those of
@@ -469,7 +477,7 @@ def overlays_zip(result: ImageMaps, layer: int, tokens: Sequence[int], options: 
 def raw_arrays(result: ImageMaps, images: Sequence[int] | None = None, names: Sequence[str] = (),
                model: str = "") -> dict[str, np.ndarray]:
     """Raw float maps and logits of some images (all by default), keyed as in ``maps.npz``,
-    with everything needed to use them alone (:func:`vtviz.maps.read_maps_npz` reads them back):
+    with everything needed to use them alone (:func:`vtviz.maps.tokens.read_maps_npz` reads them back):
     ``logits`` ``[N, classes]``, ``layer{i}_attention`` ``[N, L, h, w]``,
     ``layer{i}_token_mixing`` ``[N, L, L]``, ``layer{i}_assignment`` ``[N, L, h, w]``,
     ``names`` ``[N]``, ``classes``, ``kinds`` (per layer), ``model``, ``input_size`` ``[2]``,

@@ -12,17 +12,17 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import model_meta
-from .data import ImageFolderData, normalize_batch, read_image_folder, resize_batch
-from .diagnostics import DiagnosticsAccumulator
-from .explain import logits_of, token_maps
-from .image import prepare
-from .maps import StatsAccumulator, TokenMaps, map_correlation
-from .meta import Preprocess
-from .model import Ablation, VTModel
-from .ood import OODScorer, auroc, fit_ood, pooled_features
+from vtviz.data import ImageFolderData, normalize_batch, read_image_folder, resize_batch
+from vtviz.image import prepare
+from vtviz.maps.diagnostics import DiagnosticsAccumulator
+from vtviz.maps.explain import logits_of, token_maps
+from vtviz.maps.tokens import StatsAccumulator, TokenMaps, map_correlation
+from vtviz.models.checkpoint import model_meta
+from vtviz.models.ood import OODScorer, auroc, fit_ood, pooled_features
+from vtviz.models.vt import Ablation, VTModel
+from vtviz.preprocess import Preprocess
 
-#: The ablations ``vtviz evaluate --ablate`` runs, by name (see :class:`~vtviz.model.Ablation`).
+#: The ablations ``vtviz evaluate --ablate`` runs, by name (see :class:`~vtviz.models.vt.Ablation`).
 ABLATIONS: dict[str, Ablation] = {
     "mixing identity": Ablation(mixing="identity"),
     "mixing uniform": Ablation(mixing="uniform"),
@@ -56,7 +56,7 @@ def evaluate_arrays(model: nn.Module, data: ImageFolderData, pre: Preprocess, *,
                     batch_size: int = 100, confusion: bool = False, progress: bool = True,
                     amp: bool | None = None, ablate: bool = False) -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy and (VT models) per-layer token statistics and
-    diagnostics (:mod:`vtviz.diagnostics`); with ``ablate``, top-1 and the tokenizer maps'
+    diagnostics (:mod:`vtviz.maps.diagnostics`); with ``ablate``, top-1 and the tokenizer maps'
     correlation with the intact ones under each of :data:`ABLATIONS` that applies.
 
     ``data.images`` are uint8 ``[N, S, S, 3]``, resized to ``pre.size`` on the fly.

@@ -9,9 +9,8 @@ memory), draws the token's map on each crop with its score, and writes::
     DIR/layer{i}-{kind}/token{TT}/{RR}.jpg
 
 A token's score on a photo is the largest value of its attention map (the share of its
-attention on its peak cell). The work is resumable (every ``save_every`` photos a rank writes
-its part: crops and a JSON, atomically; a rerun continues after the last part) and shards
-under ``torchrun`` (rank r takes photos r, r + world, ...; rank 0 merges the parts). The app and
+attention on its peak cell). The work is resumable and shards under ``torchrun``
+(:mod:`vtviz.jobs.runner`: units of ``save_every`` photos; rank 0 merges the units' top ``k``). The app and
 the notebook read the same files (:func:`load_gallery`).
 """
 
@@ -21,26 +20,25 @@ import hashlib
 import heapq
 import html
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor
-from tqdm import tqdm
 
-from . import render
-from .checkpoint import model_meta
-from .errors import ImageError, json_text
-from .explain import preprocess_for, token_maps
-from .files import atomic_write
-from .image import load_image, maps_to_original, prepare
-from .model import VTModel
+from vtviz.errors import ImageError, json_text
+from vtviz.files import atomic_write
+from vtviz.image import load_image, maps_to_original, prepare
+from vtviz.jobs.runner import Parts, Shard, run_units, unit_records
+from vtviz.maps.explain import preprocess_for, token_maps
+from vtviz.models.checkpoint import model_meta
+from vtviz.models.vt import VTModel
+from vtviz.viz import render
 
 INDEX = "index.json"
-PARTS = ".gallery-parts"
 
 
 @dataclass(order=True)
@@ -125,7 +123,7 @@ class Gallery:
 
     def figure(self) -> Any:
         """Tokens as rows of crops: a matplotlib Figure."""
-        from .views import figure
+        from vtviz.viz.views import figure
 
         return figure(self.picture())
 
@@ -175,41 +173,56 @@ def build_gallery(model: VTModel, inputs: Sequence[Path], out_dir: str | Path,
                   options: GalleryOptions = GalleryOptions(), *, rank: int = 0, world: int = 1,
                   barrier: Callable[[], Any] | None = None, progress: bool = True,
                   model_name: str = "") -> dict[str, Any]:
-    """Build (or resume) a token gallery of ``inputs`` in ``out_dir``; returns the index.
+    """Build (or resume) a token gallery of ``inputs`` in ``out_dir``; returns the index
+    (rank 0; ``{}`` on other ranks). Unreadable photos are listed in the index's ``failed``.
 
-    Unreadable photos are listed in the index's ``failed`` and skipped.
+    The photos are cut into units of ``save_every``, run by :func:`vtviz.jobs.runner.run_units`:
+    each unit keeps its own top ``k`` per token (crops as files in the parts folder), and the
+    merge keeps the top ``k`` of all units, which is the top ``k`` of all photos.
     """
     out = Path(out_dir)
-    part = out / PARTS / f"rank{rank:03d}-of-{world:03d}"
-    mine = [p for i, p in enumerate(inputs) if i % world == rank]
-    builders, done, failed = _load_part(part, options)
+    shard = Shard(rank, world, barrier)
+    parts = Parts(out, shard)
     pre = preprocess_for(model)
-    bar = tqdm(total=len(mine), initial=done, desc="gallery", unit="img", disable=not progress)
+    step = max(1, options.save_every)
+    units = [(f"photos {s}", partial(_unit, model, inputs[s:s + step], pre, options, parts.folder / f"photos{s:08d}"))
+             for s in range(0, len(inputs), step)]
+    run_units(units, parts, shard, desc="gallery", progress=progress)
+    shard.wait()
+    if not shard.main:
+        return {}
+    index = _merge(out, options, model, model_name, len(inputs), parts)
+    parts.clear()
+    return index
+
+
+def _unit(model: VTModel, paths: Sequence[Path], pre: Any, options: GalleryOptions, folder: Path) -> dict[str, Any]:
+    """One unit of photos: its top ``k`` crops per token, written under ``folder``; the record
+    lists them (paths relative to the parts folder) and the photos that could not be read."""
+    builders: dict[int, GalleryBuilder] = {}
+    failed: list[dict[str, str]] = []
     pending: list[tuple[str, np.ndarray]] = []
-    since = 0
-    for path in mine[done:]:
+    for i, path in enumerate(paths):
         try:
             pending.append((str(path), load_image(path)))
         except ImageError as exc:
             failed.append({"source": str(path), "error": exc.reason})
-        done += 1
-        since += 1
-        if len(pending) >= options.batch_size:
+        if pending and (len(pending) >= options.batch_size or i == len(paths) - 1):
             _add_batch(model, pending, pre, builders, options)
-            pending.clear()
-        if since >= options.save_every and not pending:
-            _save_part(part, builders, done, failed, model)
-            since = 0
-        bar.update(1)
-    if pending:
-        _add_batch(model, pending, pre, builders, options)
-    _save_part(part, builders, done, failed, model)
-    bar.close()
-    if barrier is not None:
-        barrier()
-    if rank != 0:
-        return {}
-    return _merge(out, options, model, model_name, len(inputs))
+            pending = []
+    layers = []
+    for li, builder in sorted(builders.items()):
+        tokens = []
+        for t, items in enumerate(builder.ranked()):
+            rows = []
+            for it in items:
+                key = hashlib.sha1(f"{it.source}|{it.score!r}".encode()).hexdigest()[:10]
+                rel = f"{folder.name}/layer{li}/token{t:02d}/{key}.png"
+                atomic_write(folder.parent / rel, render.encode(it.crop, "png"))
+                rows.append({"source": it.source, "score": it.score, "peak_xy": list(it.peak_xy), "file": rel})
+            tokens.append(rows)
+        layers.append({"layer": li, "tokens": tokens})
+    return {"photos": len(paths), "failed": failed, "layers": layers}
 
 
 def _add_batch(model: VTModel, batch: list[tuple[str, np.ndarray]], pre: Any,
@@ -230,54 +243,19 @@ def _kinds(model: VTModel) -> list[str]:
     return list(model.tokenizer_kinds)
 
 
-def _save_part(part: Path, builders: dict[int, GalleryBuilder], done: int, failed: list[dict[str, str]],
-               model: VTModel) -> None:
-    """A rank's state: its crops (as files) and a JSON written last (atomically), so that a
-    killed run resumes from its last part."""
-    layers = []
-    for li, builder in sorted(builders.items()):
-        tokens = []
-        for t, items in enumerate(builder.ranked()):
-            rows = []
-            for it in items:
-                key = hashlib.sha1(f"{it.source}|{it.score!r}".encode()).hexdigest()[:10]
-                rel = f"layer{li}/token{t:02d}/{key}.png"
-                atomic_write(part / rel, render.encode(it.crop, "png"))
-                rows.append({"source": it.source, "score": it.score, "peak_xy": list(it.peak_xy), "file": rel})
-            tokens.append(rows)
-        layers.append({"layer": li, "kind": _kinds(model)[li], "tokens": tokens})
-    atomic_write(part / "part.json", json_text({"done": done, "failed": failed, "layers": layers}).encode())
-
-
-def _load_part(part: Path, options: GalleryOptions) -> tuple[dict[int, GalleryBuilder], int, list[dict[str, str]]]:
-    state = part / "part.json"
-    if not state.is_file():
-        return {}, 0, []
-    data = json.loads(state.read_text())
-    builders = {}
-    for layer in data["layers"]:
-        b = GalleryBuilder(len(layer["tokens"]), options.k, options.crop)
-        for t, rows in enumerate(layer["tokens"]):
-            for row in rows:
-                crop = render.decode_image(part / row["file"])
-                b.push(t, GalleryItem(row["score"], row["source"], crop, tuple(row["peak_xy"])))
-        builders[layer["layer"]] = b
-    return builders, int(data["done"]), list(data["failed"])
-
-
-def _merge(out: Path, options: GalleryOptions, model: VTModel, model_name: str, inputs: int) -> dict[str, Any]:
-    """Rank 0: the top-k of all parts, written in the final layout with the index and page."""
-    parts = sorted((out / PARTS).glob("rank*"))
+def _merge(out: Path, options: GalleryOptions, model: VTModel, model_name: str, inputs: int,
+           parts: Parts) -> dict[str, Any]:
+    """Rank 0: the top-k of all units, written in the final layout with the index and page."""
     builders: dict[int, GalleryBuilder] = {}
     failed: list[dict[str, str]] = []
-    for part in parts:
-        loaded, _, f = _load_part(part, options)
-        failed += f
-        for li, b in loaded.items():
-            merged = builders.setdefault(li, GalleryBuilder(len(b.heaps), options.k, options.crop))
-            for t, items in enumerate(b.ranked()):
-                for it in items:
-                    merged.push(t, it)
+    for unit in unit_records(parts):
+        failed += unit["failed"]
+        for layer in unit["layers"]:
+            merged = builders.setdefault(layer["layer"], GalleryBuilder(len(layer["tokens"]), options.k, options.crop))
+            for t, rows in enumerate(layer["tokens"]):
+                for row in rows:
+                    crop = render.decode_image(parts.folder / row["file"])
+                    merged.push(t, GalleryItem(row["score"], row["source"], crop, tuple(row["peak_xy"])))
     layers = []
     for li, builder in sorted(builders.items()):
         kind = _kinds(model)[li]
@@ -296,7 +274,6 @@ def _merge(out: Path, options: GalleryOptions, model: VTModel, model_name: str, 
              "failed": failed, "layers": layers}
     atomic_write(out / INDEX, json_text(index, indent=1, ensure_ascii=False).encode("utf-8"))
     atomic_write(out / "index.html", _index_html(index).encode("utf-8"))
-    shutil.rmtree(out / PARTS, ignore_errors=True)
     return index
 
 

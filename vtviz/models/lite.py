@@ -19,7 +19,7 @@ photos of classes that the training photos never show are inherited, not relearn
 Training (``vtviz train-lite``) then makes the maps selective while distillation keeps the
 predictions. The attention is computed on "key" features: the stride-16 stage (112
 channels) with the upsampled final features, through a small convolutional key network per
-module. Returns the same typed :class:`~vtviz.model.VTOutput` as VT-ResNet.
+module. Returns the same typed :class:`~vtviz.models.vt.VTOutput` as VT-ResNet.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import (
+from vtviz.models.teacher import EfficientNetLite0
+from vtviz.models.vt import (
     NO_ABLATION,
     Ablation,
     ModelConfig,
@@ -40,7 +41,6 @@ from .model import (
     VTOutput,
     _softmax32,
 )
-from .teacher import EfficientNetLite0
 
 #: Channels of the backbone's stride-16 stage and of its final features.
 MID_CHANNELS = 112
@@ -251,7 +251,7 @@ class VTLite(VTModel):
     """VT modules on a frozen EfficientNet-Lite0, head = the teacher's 1000-class classifier.
 
     ``stem(x)`` is the frozen backbone (``[B, 1392, H/16, W/16]``); ``explain(x)`` returns a
-    :class:`~vtviz.model.VTOutput` with every map from one pass.
+    :class:`~vtviz.models.vt.VTOutput` with every map from one pass.
     """
 
     feature_channels = MID_CHANNELS + FEATURE_CHANNELS

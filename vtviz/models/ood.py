@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .image import prepare
-from .meta import ModelMeta
-from .runtime import inference, to_model_input
-from .teacher import imagenet_indices
+from vtviz.image import prepare
+from vtviz.models.meta import ModelMeta
+from vtviz.models.teacher import imagenet_indices
+from vtviz.runtime import inference, to_model_input
 
 BANK_KEY = "ood.bank"
 

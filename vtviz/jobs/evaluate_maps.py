@@ -2,7 +2,7 @@
 
 On an image folder with class sub-folders (a model's classes), reproducible (seeded), streamed
 with a progress bar, resumable after a kill and ``torchrun``-shardable, this measures for the
-class token maps of every VT layer (:func:`vtviz.faithful.class_maps`), Grad-CAM of the same
+class token maps of every VT layer (:func:`vtviz.maps.faithful.class_maps`), Grad-CAM of the same
 model and simple baselines:
 
 * **grid pointing game** on 2x2 mosaics of photos of four different classes, each classified
@@ -16,9 +16,9 @@ model and simple baselines:
 * **a constructed ground truth**: a small object (the centre of a val photo of another class)
   pasted at four known places on each host photo; which token follows it, with what share.
 
-Outputs in ``OUT``: ``parts/rank*.jsonl`` (one record per batch of work, appended as it is done:
-a rerun skips what is there), then ``results.json`` (every statistic with its bootstrap 95% CI)
-and ``results.md`` (the tables).
+Outputs in ``OUT``: ``.parts/rank*.jsonl`` (:mod:`vtviz.jobs.runner`: one record per batch of
+work, appended as it is done; a rerun skips what is there), then ``results.json`` (every
+statistic with its bootstrap 95% CI) and ``results.md`` (the tables).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import model_meta
-from .data import list_image_folder
-from .errors import ImageError, json_text
-from .explain import _require_vt, logits_of, preprocess_for, token_maps
-from .faithful import (
+from vtviz.data import list_image_folder
+from vtviz.errors import ImageError, json_text
+from vtviz.image import fit_image, load_image, to_tensor
+from vtviz.jobs.runner import Parts, Shard, run_units, unit_records
+from vtviz.maps.explain import _require_vt, logits_of, preprocess_for, token_maps
+from vtviz.maps.faithful import (
     ClassMaps,
     blur,
     bootstrap_ci,
@@ -57,11 +58,10 @@ from .faithful import (
     spearman,
     token_curves,
 )
-from .image import fit_image, load_image, to_tensor
-from .meta import Preprocess
-from .model import VTModel
+from vtviz.models.checkpoint import model_meta
+from vtviz.models.vt import VTModel
+from vtviz.preprocess import Preprocess
 
-PARTS = "parts"
 RANDOMISATION_STEPS = ("head", "+VT module 1", "+VT module 0", "+ResNet stage 3")  # cascading, in order
 
 
@@ -340,30 +340,6 @@ def _image_unit(model: VTModel, data: _Data, cfg: MapEvalConfig, start: int, sto
 
 
 # --------------------------------------------------------------------------- driver
-def _done(out: Path) -> set[str]:
-    done = set()
-    for part in sorted((out / PARTS).glob("*.jsonl")):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            try:
-                done.add(json.loads(line)["unit"])
-            except (ValueError, KeyError):
-                continue  # a line cut by a kill: its unit is redone
-    return done
-
-
-def _records(out: Path) -> Iterator[dict[str, Any]]:
-    seen = set()
-    for part in sorted((out / PARTS).glob("*.jsonl")):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            try:
-                unit = json.loads(line)
-            except ValueError:
-                continue
-            if unit["unit"] not in seen:
-                seen.add(unit["unit"])
-                yield from unit["records"]
-
-
 def evaluate_maps(model: nn.Module, folder: str | Path, out_dir: str | Path,
                   config: MapEvalConfig = MapEvalConfig(), *, rank: int = 0, world: int = 1,
                   barrier: Callable[[], Any] | None = None, progress: bool = True,
@@ -372,7 +348,7 @@ def evaluate_maps(model: nn.Module, folder: str | Path, out_dir: str | Path,
     returns the summary (rank 0; None on other ranks). See the module's docstring."""
     vt = _require_vt(model)
     out = Path(out_dir)
-    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     settings = {"model": model_name or model_meta(vt).name, "data": str(folder), "config": asdict(config)}
     stamp = out / "settings.json"
     if stamp.exists() and json.loads(stamp.read_text()) != settings:
@@ -381,19 +357,14 @@ def evaluate_maps(model: nn.Module, folder: str | Path, out_dir: str | Path,
     data = _load(vt, Path(folder), config, progress and rank == 0)  # bad data fails before anything is written
     if rank == 0:
         stamp.write_text(json_text(settings, indent=1))
-    units = _work(vt, data, config)
-    done = _done(out)
-    mine = [(uid, fn) for n, (uid, fn) in enumerate(units) if n % world == rank and uid not in done]
-    part = out / PARTS / f"rank{rank:03d}.jsonl"
-    with open(part, "a", encoding="utf-8") as f:
-        for uid, fn in tqdm(mine, desc="evaluate-maps", unit="batch", disable=not progress or rank != 0):
-            f.write(json_text({"unit": uid, "records": fn()}) + "\n")
-            f.flush()
-    if barrier is not None:
-        barrier()
-    if rank != 0:
+    shard = Shard(rank, world, barrier)
+    parts = Parts(out, shard)
+    run_units(_work(vt, data, config), parts, shard, desc="evaluate-maps", progress=progress)
+    shard.wait()
+    if not shard.main:
         return None
-    summary = summarise(list(_records(out)), settings, data, time.perf_counter() - t0)
+    records = [r for unit in unit_records(parts) for r in unit]
+    summary = summarise(records, settings, data, time.perf_counter() - t0)
     (out / "results.json").write_text(json_text(summary, indent=1))
     (out / "results.md").write_text(markdown(summary))
     return summary

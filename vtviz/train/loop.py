@@ -1,4 +1,4 @@
-"""Training VT models on an image folder: ``vtviz train`` / ``python -m vtviz.train``.
+"""Training VT models on an image folder: ``vtviz train`` / ``python -m vtviz.train.loop``.
 
 Recipe (measured on Imagenette; see ``vtviz/pretrained/README.md``):
 
@@ -49,14 +49,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import SUFFIX, load_model, model_meta, save_model
-from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
-from .diagnostics import image_mixing, self_attention
-from .evaluate import evaluate_arrays
-from .maps import border_mass, mean_offdiagonal_cosine, nearest_token_cosine, normalized_entropy
-from .meta import Fit, ModelMeta, Preprocess
-from .model import (
-    ARCHITECTURES,
+from vtviz.data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder, resize_batch
+from vtviz.jobs.evaluate import evaluate_arrays
+from vtviz.maps.diagnostics import image_mixing, self_attention
+from vtviz.maps.thresholds import SELF_SHARE
+from vtviz.maps.tokens import border_mass, mean_offdiagonal_cosine, nearest_token_cosine, normalized_entropy
+from vtviz.models.checkpoint import load_model, model_meta, save_model
+from vtviz.models.meta import ModelMeta
+from vtviz.models.registry import ARCHITECTURES, SUFFIX, build_model
+from vtviz.models.vt import (
     Model,
     ModelConfig,
     Projector,
@@ -65,11 +66,10 @@ from .model import (
     VTLayerOutput,
     VTModel,
     VTModule,
-    build_model,
     count_parameters,
 )
-from .runtime import Dist, autocast_for, close_distributed, init_distributed
-from .thresholds import SELF_SHARE
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.runtime import Dist, autocast_for, close_distributed, init_distributed
 
 
 def parse_schedule(text: str) -> list[int]:
@@ -342,7 +342,7 @@ def teacher_cache_path(data: ImageFolderData, indices: Sequence[int], cache_dir:
 def teacher_logits(data: ImageFolderData, cache_dir: Path | None, progress: bool,
                    batch_size: int = 64) -> Tensor:
     """EfficientNet-Lite0 logits over ``data``'s classes for every image ``[N, classes]`` (cached)."""
-    from .teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
+    from vtviz.models.teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
 
     indices = imagenet_indices(data.classes)
     cache = teacher_cache_path(data, indices, cache_dir) if cache_dir is not None else None
@@ -368,7 +368,7 @@ class CropTeacher:
     logits cached per photo describe the whole photo, not the random crop being trained on."""
 
     def __init__(self, classes: Sequence[str], student: Preprocess, device: torch.device) -> None:
-        from .teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
+        from vtviz.models.teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
 
         self.model = load_efficientnet_lite0().to(device).to(memory_format=torch.channels_last).eval()
         self.indices = torch.tensor(imagenet_indices(classes), device=device)
@@ -1098,7 +1098,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m vtviz.train``."""
+    """Entry point of ``python -m vtviz.train.loop``."""
     parser = argparse.ArgumentParser(prog="vtviz train", description=__doc__.split("\n")[0])
     add_arguments(parser)
     train(parser.parse_args(argv))

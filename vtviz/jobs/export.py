@@ -7,7 +7,7 @@ bounded windows keep memory flat, and the decoded photo is kept only at the larg
 drawn. Every file is written atomically (temporary name, then
 rename) and each input gets one ``manifest.jsonl`` record once all its outputs exist, so a
 killed export resumes where it stopped. Under ``torchrun`` the inputs are sharded across
-ranks, each writing its own manifest part, merged by rank 0 at the end.
+ranks (:mod:`vtviz.jobs.runner`), each writing its own manifest part, merged by rank 0 at the end.
 """
 
 from __future__ import annotations
@@ -16,12 +16,8 @@ import copyreg
 import hashlib
 import io
 import json
-import multiprocessing
-import multiprocessing.context
 import os
 import pickle
-import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -35,22 +31,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import render, views
-from .checkpoint import model_meta
-from .diagnostics import image_diagnostics
-from .errors import ImageError, json_text
-from .explain import ood_scores, preprocess_for, token_maps
-from .faithful import class_maps, class_panels, class_title
-from .files import atomic_write, remove_stale_temporaries
-from .image import Geometry, Inputs, fit_image, load_image_reduced, scan_inputs, to_tensor
-from .indices import parse_indices
-from .maps import ImageMaps, Scale, TokenMaps, TokenStat, token_table
-from .meta import Fit, Preprocess
-from .render import Colormap
-from .runtime import cpu_threads_beside, model_device
+from vtviz.errors import ImageError, json_text
+from vtviz.files import atomic_write, remove_stale_temporaries
+from vtviz.image import Geometry, Inputs, fit_image, load_image_reduced, scan_inputs, to_tensor
+from vtviz.indices import parse_indices
+from vtviz.jobs.runner import Parts, Shard, fingerprint
+from vtviz.jobs.workers import stop_pool, worker_pool
+from vtviz.maps.diagnostics import image_diagnostics
+from vtviz.maps.explain import ood_scores, preprocess_for, token_maps
+from vtviz.maps.faithful import class_maps, class_panels, class_title
+from vtviz.maps.tokens import ImageMaps, Scale, TokenMaps, TokenStat, token_table
+from vtviz.models.checkpoint import model_meta
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.runtime import cpu_threads_beside, model_device
+from vtviz.viz import render, views
+from vtviz.viz.render import Colormap
 
 MANIFEST = "manifest.jsonl"
-PARTS = ".manifest-parts"
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ class ExportOptions:
     layers/tokens: indices to export (None = all); overlays: also one picture per token and
     layer, and the partition (default: per layer the token grid and the all-tokens view);
     class_maps: also "why this class" for the predicted class, the class token map of each
-    layer beside Grad-CAM (:mod:`vtviz.faithful`; a backward pass per batch, ~3x the forward);
+    layer beside Grad-CAM (:mod:`vtviz.maps.faithful`; a backward pass per batch, ~3x the forward);
     colormap, alpha, contour (mass level or None): overlay look (see :attr:`render`); size:
     longer side of the pictures in pixels (None = original); fmt: jpg (default), png or webp;
     images: write pictures; raw: write ``maps.npz``; fit: override the model's preprocessing
@@ -113,7 +110,7 @@ class ExportSummary:
 def safe_name(path: Path) -> str:
     """A collision-free, file-system-safe folder name for an input path.
 
-    The readable part is :func:`vtviz.views.safe_stem` of the file name; an 8-hex hash of the
+    The readable part is :func:`vtviz.viz.views.safe_stem` of the file name; an 8-hex hash of the
     full path tells apart equal names in other folders.
     """
     stem = views.safe_stem(path.name)
@@ -125,17 +122,16 @@ def safe_name(path: Path) -> str:
 def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     """Input records of the manifest and of unmerged parts, by source path (latest wins)."""
     records: dict[str, dict[str, Any]] = {}
-    files = [out_dir / MANIFEST] + sorted((out_dir / PARTS).glob("*.jsonl"))
-    for f in files:
-        if not f.exists():
-            continue
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if isinstance(rec, dict) and "source" in rec:
-                records[rec["source"]] = rec
+    manifest = out_dir / MANIFEST
+    lines = manifest.read_text(encoding="utf-8").splitlines() if manifest.exists() else []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if isinstance(rec, dict) and "source" in rec:
+            records[rec["source"]] = rec
+    records.update((rec["source"], rec) for rec in Parts(out_dir).records() if "source" in rec)
     return records
 
 
@@ -168,11 +164,7 @@ def merge_manifest(out_dir: Path, order: Sequence[str], summary: ExportSummary) 
     lines = [json_text(r, ensure_ascii=False) for r in ordered]
     lines.append(json_text({"summary": asdict(summary)}, ensure_ascii=False))
     atomic_write(out_dir / MANIFEST, ("\n".join(lines) + "\n").encode("utf-8"))
-    parts = out_dir / PARTS
-    if parts.exists():
-        for p in parts.glob("*.jsonl"):
-            p.unlink()
-        parts.rmdir()
+    Parts(out_dir).clear()
     return ordered
 
 
@@ -213,135 +205,6 @@ def _decode(index: int, path: Path, pre: Preprocess, display: int | None = None)
     return item
 
 
-def _worker_init(parent: int) -> None:
-    """Decode workers die with the exporter, however it ends (a kill -9 included): the kernel
-    sends them SIGKILL when their parent dies (Linux), and a watchdog thread checks too. Both are
-    set up first, so that a worker stuck in what follows still dies with the exporter."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the exporter's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child inherits the CLI's handler
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:  # the exporter died before the kernel was told
-        os._exit(1)
-    import cv2
-
-    cv2.setNumThreads(1)  # (forked: already 1, see _worker_pool)
-    # one core per worker: the workers run beside each other and the model; a forked child must
-    # set this before any torch work (its parent's OpenMP threads are not in it: as DataLoader's)
-    torch.set_num_threads(1)
-    _keep_freed_memory()
-    try:
-        os.nice(WORKER_NICENESS)
-    except OSError:  # (not allowed here: the workers then compete with the model as equals)
-        pass
-
-
-#: How much lower than the exporter's the workers' CPU priority is (``nice``). The model's threads
-#: meet at every layer, so a model thread that waits for a core stalls the others; the workers'
-#: drawing can wait and fills the time the model leaves. On 2 cores, 2 workers, 256 photos, four
-#: interleaved runs: +2 to +8% exported images per second against equal priority.
-WORKER_NICENESS = 10
-
-
-#: glibc ``mallopt`` parameters (``malloc.h``) and the workers' values: blocks under 64 MiB come
-#: from the heap, and up to 256 MiB of freed heap stays with the process.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_WORKER_MALLOC = ((_M_MMAP_THRESHOLD, 64 << 20), (_M_TRIM_THRESHOLD, 256 << 20))
-
-
-def _keep_freed_memory() -> None:
-    """In a drawing worker: let glibc reuse freed memory instead of returning it to the system.
-    By default every array over ~128 KiB (a photo, a stack of 16 overlays) is a fresh mapping
-    whose pages the kernel faults in and zeroes again for each photo: ~10% of the drawing's CPU.
-    Bounded (see :data:`_WORKER_MALLOC`); the worker's own process only, nothing elsewhere."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        for param, value in _WORKER_MALLOC:
-            libc.mallopt(param, value)
-    except (OSError, AttributeError):  # not glibc: the allocator's defaults
-        pass
-
-
-def _pool_context(method: str | None = None) -> multiprocessing.context.BaseContext:
-    """Forked workers (``method`` None), unless CUDA is initialised in this process (a forked child
-    cannot use it): spawned ones. A forked worker starts at once, a spawned one imports torch
-    (~2 s of CPU each: ~15% of the CPU of exporting 256 photos on 2 cores). Either way a worker
-    is the exporter's own child, so it can follow the exporter's death."""
-    return multiprocessing.get_context(method or ("spawn" if torch.cuda.is_initialized() else "fork"))
-
-
-def _worker_pool(workers: int, method: str | None = None) -> ProcessPoolExecutor:
-    """The exporter's worker processes (:func:`_pool_context`): they decode inputs and draw,
-    encode and write outputs. Forked ones are forked here, with OpenCV's thread pool emptied for
-    the moment of the fork: a child that resizes a pool whose threads it did not inherit (its
-    ``cv2.setNumThreads``) hangs; torch's threads are the child's to set (:func:`_worker_init`)."""
-    import cv2
-
-    context = _pool_context(method)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                               initargs=(os.getpid(),))
-    if context.get_start_method() == "fork":
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            pool.submit(os.getpid)  # with fork, the pool forks all its workers at its first job
-        finally:
-            cv2.setNumThreads(threads)
-    return pool
-
-
-def _stop_pool(pool: ProcessPoolExecutor, finished: bool) -> None:
-    """Wait for a finished pool; stop an interrupted one now (queued work is dropped: files are
-    atomic, and a rerun resumes)."""
-    if finished:
-        pool.shutdown(wait=True)
-        return
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    # what the pool forgets at shutdown: its manager thread and the pipes' ends this process holds
-    manager: threading.Thread | None = getattr(pool, "_executor_manager_thread", None)
-    result_end = getattr(getattr(pool, "_result_queue", None), "_writer", None)
-    call_end = getattr(getattr(pool, "_call_queue", None), "_reader", None)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        proc.kill()
-    for proc in processes:
-        proc.join(timeout=5)
-    # A worker killed in the middle of sending a result leaves half a message, which the pool's
-    # manager thread would wait for forever (and the interpreter joins that thread at exit):
-    # with the workers gone, closing our end of the result pipe turns that wait into an
-    # end-of-file error, after which the manager closes the job pipe's end itself (so that its
-    # feeder thread, perhaps blocked sending a job to no one, stops too). Only if the manager
-    # is stuck elsewhere is the job pipe's end closed here: closing it while the manager does
-    # raised "Bad file descriptor" in one of the two.
-    _close_quietly(result_end)
-    if manager is not None:
-        manager.join(timeout=1)
-    if manager is None or manager.is_alive():
-        _close_quietly(call_end)
-
-
-def _close_quietly(conn: Any) -> None:
-    """Close a pipe end (a ``multiprocessing`` connection, or None), ignoring one already closed."""
-    if conn is not None:
-        try:
-            conn.close()
-        except OSError:
-            pass
-
-
 def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: ProcessPoolExecutor | None,
                     window: int, display: int | None, workers: int = 0) -> Iterator[_Decoded]:
     """Decode in input order (in ``pool``, or inline when None) with at most ``window`` images in
@@ -374,15 +237,31 @@ def _decoded_stream(jobs: list[tuple[int, Path]], pre: Preprocess, pool: Process
         fill()
 
 
-def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: ExportOptions,
-                out_dir: Path, ood: dict[str, Any] | None = None, model_name: str = "",
-                fingerprint: str = "", why: tuple[str, list[tuple[str, torch.Tensor]]] | None = None,
-                stats: tuple[list[TokenStat], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """Draw (through :func:`vtviz.views.image_pictures`), encode and write all outputs of one
-    image whose maps are ``maps`` (batch of one); ``why``: the title and panels of its class
-    maps (:func:`vtviz.faithful.class_panels`); ``stats``: its rows of the token table and its
-    diagnostics when already computed with its batch's (else computed here). Returns its
-    manifest record."""
+@dataclass
+class RenderJob:
+    """Everything one image's outputs are drawn from, handed to a drawing worker.
+
+    ``maps``: its maps (batch of one); ``ood``: its flag record (None: the model has none);
+    ``why``: the title and panels of its class maps (:func:`vtviz.maps.faithful.class_panels`);
+    ``stats``: its rows of the token table and its diagnostics, computed with its batch's."""
+
+    item: _Decoded
+    maps: TokenMaps
+    classes: Sequence[str]
+    options: ExportOptions
+    out_dir: Path
+    ood: dict[str, Any] | None = None
+    model_name: str = ""
+    fingerprint: str = ""
+    why: tuple[str, list[tuple[str, torch.Tensor]]] | None = None
+    stats: tuple[list[TokenStat], list[dict[str, Any]]] | None = None
+
+
+def _render_one(job: RenderJob) -> dict[str, Any]:
+    """Draw (through :func:`vtviz.viz.views.image_pictures`), encode and write all outputs of one
+    image (statistics computed here when the job has none). Returns its manifest record."""
+    item, maps, classes, opts, out_dir, ood = job.item, job.maps, job.classes, job.options, job.out_dir, job.ood
+    model_name, fingerprint, why, stats = job.model_name, job.fingerprint, job.why, job.stats
     assert item.image is not None and item.geometry is not None
     folder = safe_name(item.path)
     one = ImageMaps([item.image], [item.geometry], maps, tuple(classes),
@@ -439,7 +318,7 @@ def _render_one(item: _Decoded, maps: TokenMaps, classes: Sequence[str], opts: E
     return record
 
 
-def _pack(job: tuple[Any, ...]) -> bytes:
+def _pack(job: RenderJob) -> bytes:
     """Pickle a render job, CPU tensors as NumPy arrays: torch pickles each tensor through its
     own serialiser (~50 us a tensor each way; a job holds eight), NumPy as plain bytes."""
     buf = io.BytesIO()
@@ -460,21 +339,19 @@ def _render_packed(job: bytes) -> dict[str, Any]:
     """:func:`_render_one` of a job pickled by the exporter. Tensors travel inside plain pickle
     bytes: handed to the pool as they are, torch would share each through a file descriptor
     served by a listener thread, which prints a traceback when a stopped export kills workers."""
-    return _render_one(*pickle.loads(job))
+    return _render_one(pickle.loads(job))
 
 
 # --------------------------------------------------------------------------- driver
-def _start(out: Path, resume: bool, rank: int, barrier: Callable[[], Any] | None,
-           fingerprint: str) -> dict[str, str]:
+def _start(out: Path, resume: bool, shard: Shard, fingerprint: str) -> dict[str, str]:
     """Clean up after a killed run (rank 0); return the sources already complete under the same
     model and options (``fingerprint``), with the SHA-256 of the content they were made from."""
-    if rank == 0:
+    if shard.main:
         remove_stale_temporaries(out)
         if not resume:
-            for f in [out / MANIFEST, *sorted((out / PARTS).glob("*.jsonl"))]:
-                f.unlink(missing_ok=True)
-    if barrier is not None:
-        barrier()
+            (out / MANIFEST).unlink(missing_ok=True)
+            Parts(out).clear()
+    shard.wait()
     if not resume:
         return {}
     return {s: r.get("sha256", "") for s, r in read_records(out).items()
@@ -483,11 +360,7 @@ def _start(out: Path, resume: bool, rank: int, barrier: Callable[[], Any] | None
 
 def export_fingerprint(model: nn.Module, options: ExportOptions) -> str:
     """What an export's outputs depend on besides the photo: the weights and the options."""
-    h = hashlib.sha256(json.dumps(asdict(options), sort_keys=True, default=str).encode())
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return fingerprint(model, asdict(options))
 
 
 def _unchanged(path: Path, sha256: str) -> bool:
@@ -522,108 +395,120 @@ def export(model: nn.Module, inputs: Sequence[Path], out_dir: str | Path,
     check_selection(model, options.layers, options.tokens)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = model_meta(model)
-    pre = preprocess_for(model, options.fit)
+    shard, meta = Shard(rank, world, barrier), model_meta(model)
+    parts = Parts(out, shard)
     order = [str(p) for p in inputs] + [str(p) for p, _, _ in notes]  # the manifest's order
-    fingerprint = export_fingerprint(model, options)
-    done = _start(out, resume, rank, barrier, fingerprint)
-    mine = [(i, Path(p)) for i, p in enumerate(inputs) if i % world == rank]
+    fp = export_fingerprint(model, options)
+    done = _start(out, resume, shard, fp)
+    mine = [(i, Path(p)) for i, p in shard.mine(inputs)]
     todo = [(i, p) for i, p in mine if str(p) not in done or not _unchanged(p, done[str(p)])]
     summary = ExportSummary(inputs=len(inputs), skipped=len(mine) - len(todo),
                             device=str(next(model.parameters()).device), model=model_name or meta.name,
                             world_size=world)
-    part = out / PARTS / f"rank{rank:03d}-of-{world:03d}.jsonl"
-    if not todo and not notes and world == 1 and (out / MANIFEST).exists() and not part.exists():
+    if not todo and not notes and world == 1 and (out / MANIFEST).exists() and not parts.exists():
         return summary  # a finished export: nothing to do, nothing written (a read-only copy works)
-    part.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"export{f' rank {rank}' if world > 1 else ''}",
                unit="img", disable=not progress)
-    # one pool of worker processes decodes inputs and draws outputs beside the model (no GIL
-    # shared with it); without workers, decoding is inline and drawing runs in `writers` threads
-    procs = _worker_pool(workers) if workers > 0 else None
-    pool: ProcessPoolExecutor | ThreadPoolExecutor = procs or ThreadPoolExecutor(max(1, writers))
-    # renders in flight: a whole batch beside the next batch's forward pass, plus a few queued
-    in_flight = batch_size + 2 * (workers if procs else writers)
-    finished = False
-    with open(part, "a", encoding="utf-8") as manifest, \
-            cpu_threads_beside(model_device(model), workers if procs else 0):
-        pending: deque[Future] = deque()
-        for path, status, reason in (notes if rank == 0 else ()):
-            manifest.write(json_text({"source": str(path), "status": status, "error": reason},
-                                      ensure_ascii=False) + "\n")
-
-        def write_record(rec: dict[str, Any]) -> None:
-            manifest.write(json_text(rec, ensure_ascii=False) + "\n")
-            manifest.flush()
-            if rec["status"] == "ok":
-                summary.exported += 1
-            bar.update(1)
-            bar.set_postfix(ok=summary.exported, failed=bar.n - summary.exported)
-
-        def drain(limit: int) -> None:
-            while len(pending) > limit:
-                write_record(pending.popleft().result())
-
-        batch: list[_Decoded] = []
-
-        def flush_batch() -> None:
-            if not batch:
-                return
-            x = to_tensor([b.fitted for b in batch], pre)  # type: ignore[misc]
-            for b in batch:
-                b.fitted = None  # the drawing needs the photo only: less to send to the workers
-            maps = token_maps(model, x).cpu()
-            cm = class_maps(model, x) if options.class_maps and options.images else None
-            flag = ood_scores(model, maps, [b.image for b in batch])  # type: ignore[misc]
-            scores, threshold = flag.scores, flag.threshold
-            # statistics of the whole batch at once (torch's per-call overhead once, not per image)
-            table = token_table(maps, [b.geometry for b in batch], options.layers)  # type: ignore[misc]
-            diagnostics = image_diagnostics(maps)
-            rows: list[list[TokenStat]] = [[] for _ in batch]
-            for r in table:
-                rows[r.image].append(r)  # each image's rows (the record drops the batch index)
-            for j, item in enumerate(batch):
-                ood: dict[str, Any] | None = None
-                if scores is not None:
-                    ood = {"score": round(scores[j], 4), "threshold": threshold,
-                           "unfamiliar": bool(threshold is not None and scores[j] > threshold)}
-                if ood is not None and flag.looks_like is not None:
-                    ood["looks_like"] = flag.looks_like[j]
-                why = None if cm is None else (class_title(cm, j, meta.classes, maps.logits[j]), class_panels(cm, j))
-                job = (item, maps.select(j), meta.classes, options, out, ood, summary.model, fingerprint, why,
-                       (rows[j], diagnostics[j]))
-                pending.append(pool.submit(_render_packed, _pack(job)) if procs is not None
-                               else pool.submit(_render_one, *job))
-            batch.clear()
-            drain(in_flight)
-
-        try:
-            for item in _decoded_stream(todo, pre, procs, max(2 * batch_size, 4), options.size, workers):
-                if item.error:
-                    drain(0)
-                    write_record({"source": item.source, "status": "error", "error": item.error,
-                                  "sha256": item.sha256})
-                    continue
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    flush_batch()
-            flush_batch()
-            drain(0)
-            finished = True
-        finally:  # interrupted: drop queued work (files are atomic, the rest resumes)
-            if procs is not None:
-                _stop_pool(procs, finished)
-            else:
-                pool.shutdown(wait=True, cancel_futures=not finished)
+    with parts.writer() as part, cpu_threads_beside(model_device(model), workers):
+        for path, status, reason in (notes if shard.main else ()):
+            part.write({"source": str(path), "status": status, "error": reason})
+        _Pipeline(model, options, out, fp, summary, part, bar, batch_size, workers, writers).run(todo)
     bar.close()
     summary.wall_s = round(time.perf_counter() - t0, 3)
     summary.images_per_s = round(summary.exported / summary.wall_s, 2) if summary.wall_s > 0 else 0.0
-    if barrier is not None:
-        barrier()
-    if rank == 0:
+    shard.wait()
+    if shard.main:
         merge_manifest(out, order, summary)
     return summary
+
+
+class _Pipeline:
+    """Decoding -> batched inference -> drawing for one rank's inputs. One pool of worker
+    processes decodes inputs and draws outputs beside the model (no GIL shared with it); without
+    workers, decoding is inline and drawing runs in ``writers`` threads."""
+
+    def __init__(self, model: nn.Module, options: ExportOptions, out: Path, fingerprint: str,
+                 summary: ExportSummary, part: Any, bar: Any, batch_size: int, workers: int, writers: int) -> None:
+        self.model, self.options, self.out, self.fingerprint = model, options, out, fingerprint
+        self.summary, self.part, self.bar, self.batch_size, self.workers = summary, part, bar, batch_size, workers
+        self.meta, self.pre = model_meta(model), preprocess_for(model, options.fit)
+        self.procs = worker_pool(workers) if workers > 0 else None
+        self.pool: ProcessPoolExecutor | ThreadPoolExecutor = self.procs or ThreadPoolExecutor(max(1, writers))
+        # renders in flight: a whole batch beside the next batch's forward pass, plus a few queued
+        self.in_flight = batch_size + 2 * (workers if self.procs else writers)
+        self.pending: deque[Future] = deque()
+
+    def run(self, todo: list[tuple[int, Path]]) -> None:
+        """Export ``todo``; interrupted, queued work is dropped (files are atomic, the rest resumes)."""
+        finished = False
+        try:
+            batch: list[_Decoded] = []
+            window = max(2 * self.batch_size, 4)
+            for item in _decoded_stream(todo, self.pre, self.procs, window, self.options.size, self.workers):
+                if item.error:
+                    self.drain(0)
+                    self.write({"source": item.source, "status": "error", "error": item.error, "sha256": item.sha256})
+                    continue
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    self.submit(batch)
+                    batch = []
+            self.submit(batch)
+            self.drain(0)
+            finished = True
+        finally:
+            if self.procs is not None:
+                stop_pool(self.procs, finished)
+            else:
+                self.pool.shutdown(wait=True, cancel_futures=not finished)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.part.write(rec)
+        if rec["status"] == "ok":
+            self.summary.exported += 1
+        self.bar.update(1)
+        self.bar.set_postfix(ok=self.summary.exported, failed=self.bar.n - self.summary.exported)
+
+    def drain(self, limit: int) -> None:
+        while len(self.pending) > limit:
+            self.write(self.pending.popleft().result())
+
+    def submit(self, batch: list[_Decoded]) -> None:
+        """One forward pass for the batch, then one render job per image."""
+        if not batch:
+            return
+        for job in self.jobs(batch):
+            self.pending.append(self.pool.submit(_render_packed, _pack(job)) if self.procs is not None
+                                else self.pool.submit(_render_one, job))
+        self.drain(self.in_flight)
+
+    def jobs(self, batch: list[_Decoded]) -> list[RenderJob]:
+        model, options = self.model, self.options
+        x = to_tensor([b.fitted for b in batch], self.pre)  # type: ignore[misc]
+        for b in batch:
+            b.fitted = None  # the drawing needs the photo only: less to send to the workers
+        maps = token_maps(model, x).cpu()
+        cm = class_maps(model, x) if options.class_maps and options.images else None
+        flag = ood_scores(model, maps, [b.image for b in batch])  # type: ignore[misc]
+        # statistics of the whole batch at once (torch's per-call overhead once, not per image)
+        table = token_table(maps, [b.geometry for b in batch], options.layers)  # type: ignore[misc]
+        diagnostics = image_diagnostics(maps)
+        rows: list[list[TokenStat]] = [[] for _ in batch]
+        for r in table:
+            rows[r.image].append(r)  # each image's rows (the record drops the batch index)
+        jobs = []
+        for j, item in enumerate(batch):
+            ood: dict[str, Any] | None = None
+            if flag.scores is not None:
+                ood = {"score": round(flag.scores[j], 4), "threshold": flag.threshold,
+                       "unfamiliar": bool(flag.threshold is not None and flag.scores[j] > flag.threshold)}
+                if flag.looks_like is not None:
+                    ood["looks_like"] = flag.looks_like[j]
+            why = None if cm is None else (class_title(cm, j, self.meta.classes, maps.logits[j]), class_panels(cm, j))
+            jobs.append(RenderJob(item, maps.select(j), self.meta.classes, options, self.out, ood,
+                                  self.summary.model, self.fingerprint, why, (rows[j], diagnostics[j])))
+        return jobs
 
 
 def load_manifest(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

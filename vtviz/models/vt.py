@@ -45,7 +45,7 @@ Choices the paper leaves open (each is also noted at the code that makes it):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .meta import ModelMeta
-    from .ood import Flag
+    from vtviz.models.meta import ModelMeta
+    from vtviz.models.ood import Flag
 
 TokenizerKind = Literal["filter", "recurrent"]
 TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("filter", "recurrent")
@@ -612,30 +612,6 @@ def resnet18(**kwargs: Any) -> ResNet:
     kwargs.setdefault("tokenizers", ())
     kwargs.setdefault("blocks", (2, 2, 2, 2))
     return ResNet(ModelConfig(arch="resnet18", **kwargs))
-
-
-def vt_lite0(**kwargs: Any) -> VTModel:
-    """VT-Lite0: VT modules on the pretrained EfficientNet-Lite0 (see :mod:`vtviz.lite`)."""
-    from .lite import vt_lite0 as build
-
-    return build(**kwargs)
-
-
-ARCHITECTURES: dict[str, Callable[..., Model]] = {
-    "vt_lite0": vt_lite0,
-    "vt_resnet18": vt_resnet18,
-    "vt_resnet34": vt_resnet34,
-    "resnet18": resnet18,
-}
-
-
-def build_model(config: ModelConfig) -> Model:
-    """Build the architecture named by ``config.arch`` with every setting of the config."""
-    if config.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {config.arch!r}; known: {sorted(ARCHITECTURES)}")
-    kwargs = config.to_dict()
-    kwargs.pop("arch")
-    return ARCHITECTURES[config.arch](**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

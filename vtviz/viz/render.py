@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .maps import mass_threshold, mass_thresholds
+from vtviz.maps.tokens import mass_threshold, mass_thresholds
 
 
 class Colormap(str, enum.Enum):

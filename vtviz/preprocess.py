@@ -1,13 +1,14 @@
-"""Model metadata stored in every checkpoint: architecture, classes, preprocessing, training."""
+"""How a model wants its input: fit an image to the network's square side, then normalise.
+
+A :class:`Preprocess` travels in every checkpoint's metadata; :mod:`vtviz.image` applies it.
+"""
 
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
-
-from .model import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,50 +65,3 @@ class Preprocess:
                    crop_pct=float(d.get("crop_pct", 1.0)),
                    mean=tuple(d.get("mean", IMAGENET_MEAN)),
                    std=tuple(d.get("std", IMAGENET_STD)))
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """Everything needed to use a set of weights, stored next to them.
-
-    config: the architecture; classes: display names by label index; class_ids:
-    dataset ids (e.g. ImageNet wnids) by label index; preprocess: input recipe;
-    training: free-form summary (data, recipe, epochs, wall time, hardware, accuracy);
-    ood: settings of the out-of-distribution flag (:mod:`vtviz.ood`), None without one.
-    """
-
-    config: ModelConfig
-    classes: tuple[str, ...]
-    preprocess: Preprocess = Preprocess()
-    class_ids: tuple[str, ...] = ()
-    name: str = ""
-    description: str = ""
-    training: dict[str, Any] = field(default_factory=dict)
-    ood: dict[str, Any] | None = None  # out-of-distribution flag settings (vtviz.ood)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {
-            **({"ood": self.ood} if self.ood is not None else {}),
-            "config": self.config.to_dict(),
-            "classes": list(self.classes),
-            "class_ids": list(self.class_ids),
-            "preprocess": self.preprocess.to_dict(),
-            "name": self.name,
-            "description": self.description,
-            "training": self.training,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
-        """Inverse of :meth:`to_dict`; raises KeyError/ValueError on missing or bad fields."""
-        return cls(
-            config=ModelConfig.from_dict(d["config"]),
-            classes=tuple(d["classes"]),
-            class_ids=tuple(d.get("class_ids", ())),
-            preprocess=Preprocess.from_dict(d.get("preprocess", {"size": 224})),
-            name=d.get("name", ""),
-            description=d.get("description", ""),
-            training=dict(d.get("training", {})),
-            ood=dict(d["ood"]) if d.get("ood") is not None else None,
-        )

@@ -5,7 +5,7 @@ and matches the teacher's full 1000-way distribution on exactly those crops. The
 the frozen backbone plus its classifier, so its logits come from the same backbone pass
 as the student's features: one backbone forward per step, gradients only in the VT parts.
 
-The student starts as an exact copy of the teacher (:mod:`vtviz.lite`); two regularisers
+The student starts as an exact copy of the teacher (:mod:`vtviz.models.lite`); two regularisers
 make its maps selective: a cap on each map's normalised entropy and the token diversity
 penalty of VT-R18. Recipes live in ``recipes/*.json``; every field is in :class:`DistillConfig`.
 """
@@ -27,16 +27,23 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .checkpoint import load_model, model_meta, save_model
-from .data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
-from .lite import MID_CHANNELS, VTLite, vt_lite0
-from .maps import normalized_entropy
-from .meta import Fit, ModelMeta, Preprocess
-from .model import VTOutput
-from .render import region_pieces
-from .runtime import autocast_for
-from .teacher import MEAN, STD, TEACHER_LICENCE, imagenet_categories, imagenet_class_ids, load_efficientnet_lite0
-from .train import (
+from vtviz.data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
+from vtviz.maps.tokens import normalized_entropy
+from vtviz.models.checkpoint import load_model, model_meta, save_model
+from vtviz.models.lite import MID_CHANNELS, VTLite, vt_lite0
+from vtviz.models.meta import ModelMeta
+from vtviz.models.teacher import (
+    MEAN,
+    STD,
+    TEACHER_LICENCE,
+    imagenet_categories,
+    imagenet_class_ids,
+    load_efficientnet_lite0,
+)
+from vtviz.models.vt import VTOutput
+from vtviz.preprocess import Fit, Preprocess
+from vtviz.runtime import autocast_for
+from vtviz.train.loop import (
     _param_groups,
     border_penalty,
     coverage_penalty,
@@ -46,6 +53,7 @@ from .train import (
     mixup_batch,
     projector_balance_penalty,
 )
+from vtviz.viz.render import region_pieces
 
 #: EfficientNet-Lite0's preprocessing: centre crop of 87.5% of the shorter side, 224 px, (x/255-0.5)/0.5.
 LITE_PREPROCESS = Preprocess(size=224, fit=Fit.CROP, crop_pct=0.875, mean=MEAN, std=STD)
@@ -243,7 +251,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m vtviz.distill``."""
+    """Entry point of ``python -m vtviz.train.distill``."""
     p = argparse.ArgumentParser(prog="vtviz distill", description=__doc__.splitlines()[0])
     add_arguments(p)
     ns = vars(p.parse_args(argv))

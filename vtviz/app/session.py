@@ -14,13 +14,15 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import list_pretrained, load_model
-from .errors import CheckpointError, ImageError
-from .explain import explain_images
-from .image import MAX_PIXELS, load_image
-from .maps import ImageMaps
-from .meta import Fit, ModelMeta
-from .render import fit_size, resize_image
+from vtviz.errors import CheckpointError, ImageError
+from vtviz.image import MAX_PIXELS, load_image
+from vtviz.maps.explain import explain_images
+from vtviz.maps.tokens import ImageMaps
+from vtviz.models.checkpoint import load_model
+from vtviz.models.meta import ModelMeta
+from vtviz.models.registry import list_pretrained
+from vtviz.preprocess import Fit
+from vtviz.viz.render import fit_size, resize_image
 
 _UPLOAD_DIR: Path | None = None
 

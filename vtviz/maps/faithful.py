@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .explain import _require_vt
-from .model import VTModel
-from .runtime import to_model_input
+from vtviz.maps.explain import _require_vt
+from vtviz.models.vt import VTModel
+from vtviz.runtime import to_model_input
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def class_maps(model: nn.Module, batch: Tensor, target: int | Sequence[int] | Te
 
 def class_panels(cm: ClassMaps, image: int) -> list[tuple[str, Tensor]]:
     """(label, map ``[h, w]``) of one image of ``cm``: each layer's class token map, then
-    Grad-CAM: what :func:`vtviz.views.class_map_view` draws."""
+    Grad-CAM: what :func:`vtviz.viz.views.class_map_view` draws."""
     n = len(cm.token_maps)
     panels = [(f"tokens, layer {i}" + (" (exact)" if i == n - 1 else ""), m[image])
               for i, m in enumerate(cm.token_maps)]

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import require
-from .image import Geometry
-from .model import VTOutput
-from .thresholds import STATS_COSINE, STATS_ENTROPY, STATS_PEAKS, WEAK_MATCH
+from vtviz.errors import require
+from vtviz.image import Geometry
+from vtviz.maps.thresholds import STATS_COSINE, STATS_ENTROPY, STATS_PEAKS, WEAK_MATCH
+from vtviz.models.vt import VTOutput
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class ImageMaps:
 
     images: original RGB uint8 arrays ``[H_i, W_i, 3]``; geometries: where each sits in
     the input; maps: :class:`TokenMaps` for the batch (on the CPU); classes: label names;
-    ood_scores: each image's out-of-distribution score (:mod:`vtviz.ood`) and ood_threshold
+    ood_scores: each image's out-of-distribution score (:mod:`vtviz.models.ood`) and ood_threshold
     the model's flag level, both None for a model without the flag; looks_like: per image, the
     1000-class reference's top class (a reference flag only, else None).
     """
@@ -206,7 +206,7 @@ def top_k(logits: Tensor, classes: Sequence[str], k: int = 5) -> list[list[tuple
 
 def from_output(out: VTOutput, kinds: Sequence[str], input_size: tuple[int, int],
                 registers: int = 0) -> TokenMaps:
-    """Wrap a model's :class:`~vtviz.model.VTOutput` into :class:`TokenMaps` (float32 maps)."""
+    """Wrap a model's :class:`~vtviz.models.vt.VTOutput` into :class:`TokenMaps` (float32 maps)."""
     h, w = out.map_size
     layers = []
     for kind, layer in zip(kinds, out.layers):
@@ -625,7 +625,7 @@ class SavedMaps:
 
 def read_maps_npz(source: str | Path | bytes) -> SavedMaps:
     """Read a ``maps.npz`` written by the app or by ``vtviz export`` (keys of
-    :func:`vtviz.views.raw_arrays`); raises ValueError naming what is missing."""
+    :func:`vtviz.viz.views.raw_arrays`); raises ValueError naming what is missing."""
     import io
 
     f = np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False)

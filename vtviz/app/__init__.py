@@ -1,0 +1,1 @@
+"""Support for the Streamlit app (``app/streamlit_app.py``): model store, uploads, per-image caching."""

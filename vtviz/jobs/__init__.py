@@ -1,0 +1,2 @@
+"""Work over folders of photos, resumable and shardable: export, galleries, evaluation, map
+evaluation."""
