@@ -25,7 +25,8 @@ LAYERS = {
     "viz": 30, "viz.render": 30, "viz.views": 31,
     "jobs": 40, "jobs.runner": 40, "jobs.workers": 40, "jobs.export": 41, "jobs.gallery": 41, "jobs.evaluate": 41,
     "jobs.evaluate_maps": 41,
-    "train": 50, "train.loop": 50, "train.distill": 51,
+    "train": 50, "train.config": 50, "train.regularisers": 50, "train.kd": 50, "train.dev": 50,
+    "train.loop": 51, "train.distill": 52,
     "analysis": 60, "app": 60, "app.session": 60,
     "cli": 70, "__init__": 70, "__main__": 70,
 }

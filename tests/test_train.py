@@ -18,16 +18,15 @@ import vtviz
 from vtviz.cli import main as cli
 from vtviz.maps.diagnostics import distinct_targets
 from vtviz.models.vt import VTLayerOutput
-from vtviz.train.loop import (
-    TrainConfig,
-    border_weight,
+from vtviz.train.config import TrainConfig, border_weight
+from vtviz.train.kd import mixup_batch
+from vtviz.train.loop import weights_fingerprint
+from vtviz.train.regularisers import (
     hard_balance_penalty,
     mixing_diversity_penalty,
-    mixup_batch,
     projector_balance_penalty,
     register_penalty,
     self_attention_penalty,
-    weights_fingerprint,
 )
 
 COLOURS = [(230, 30, 30), (30, 30, 230)]
@@ -155,11 +154,6 @@ def test_border_penalty_only_from_its_minimum_size():
     assert border_weight(TrainConfig(data="d", out="o", border=10.0), 64) == 10.0  # default: every size
 
 
-def test_contradictory_recurrent_options_are_refused(tiny_folder, tmp_path, capsys):
-    assert cli(_args(tiny_folder, tmp_path / "run", "--no-static-filter", "--anneal-static", "1")) == 1
-    assert "--anneal-static" in capsys.readouterr().err and not (tmp_path / "run" / "tiny.safetensors").exists()
-
-
 def test_mixup_with_cached_teacher_logits_is_refused(tiny_folder, tmp_path, capsys):
     """Cached whole-photo teacher logits cannot label a mixed crop: refused before any work."""
     assert cli(_args(tiny_folder, tmp_path / "run", "--mixup", "0.2", "--teacher", "efficientnet-lite0")) == 1
@@ -241,7 +235,7 @@ def test_torchrun_two_ranks_identical_weights(tiny_folder, tmp_path):
 
 
 def test_schedule_and_config_from_the_command_line():
-    from vtviz.train.loop import TrainConfig, add_arguments, parse_schedule
+    from vtviz.train.config import TrainConfig, add_arguments, parse_schedule
 
     assert parse_schedule("128:2,160:1") == [128, 128, 160]
     with pytest.raises(ValueError):
@@ -282,7 +276,7 @@ def test_data_cache_follows_a_changed_file(tmp_path):
 
 
 def test_dev_split_is_per_class_and_disjoint():
-    from vtviz.train.loop import dev_split
+    from vtviz.train.dev import dev_split
 
     labels = np.repeat([0, 1, 2], [10, 20, 30])
     train_idx, dev_idx = dev_split(labels, 0.1, seed=0)
@@ -297,7 +291,7 @@ def test_precise_bn_matches_batch_statistics(small_model):
 
     from vtviz.data import ImageFolderData
     from vtviz.preprocess import Preprocess
-    from vtviz.train.loop import precise_bn
+    from vtviz.train.dev import precise_bn
 
     model = copy.deepcopy(small_model)
     rng = np.random.default_rng(0)
@@ -423,7 +417,7 @@ def test_consistent_teacher_labels_the_crop_the_student_sees():
     from vtviz.models.teacher import MEAN, STD, imagenet_indices, load_efficientnet_lite0
     from vtviz.preprocess import Preprocess
     from vtviz.runtime import autocast_for
-    from vtviz.train.loop import CropTeacher
+    from vtviz.train.kd import CropTeacher
 
     classes = ["tench", "English springer", "church"]
     pre = Preprocess(size=64)
@@ -437,3 +431,64 @@ def test_consistent_teacher_labels_the_crop_the_student_sees():
     torch.testing.assert_close(got, want, atol=0.15, rtol=0.02)  # bf16 on CPUs that have it
     other = teacher(normalize_batch(pixels.flip(-1).roll(20, -2), pre.mean, pre.std))
     assert (other - got).abs().max() > 0.5  # another crop, other logits
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_every_recipe_run_is_a_valid_config(recipe):
+    """Each shipped model's recipe file: every run builds the config of its command."""
+    import json
+
+    from vtviz.train.config import read_recipe
+    from vtviz.train.distill import DistillConfig
+
+    doc = json.loads(recipe.read_text())
+    assert doc["command"] in ("train", "distill") and doc["runs"]
+    for run in doc["runs"]:
+        values = read_recipe(recipe, run)
+        cfg = TrainConfig(**values) if doc["command"] == "train" else DistillConfig.from_recipe(recipe, run)
+        assert cfg.data.endswith("imagenette") and cfg.name
+    with pytest.raises(ValueError, match="choose a run"):
+        read_recipe(recipe, "no-such-run")
+
+
+def test_train_recipe_runs_with_command_line_overrides(tmp_path):
+    """``--recipe/--run`` give the fields; options given on the command line win; the rest
+    keep the config's defaults (argparse never fills in a default of its own)."""
+    import argparse
+    import json
+
+    from vtviz.train.config import add_arguments
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"command": "train", "base": {"data": "d", "out": "o", "lr": 0.1, "border": 3.0},
+                                  "runs": {"a": {"name": "A", "seed": 4}}}))
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = TrainConfig.from_namespace(p.parse_args(["--recipe", str(recipe), "--run", "a", "--lr", "0.5"]))
+    assert (cfg.name, cfg.seed, cfg.lr, cfg.border, cfg.batch_size) == ("A", 4, 0.5, 3.0, 64)
+    with pytest.raises(ValueError, match="--data is required"):
+        TrainConfig.from_namespace(p.parse_args(["--out", "o"]))
+
+
+def test_regularisers_are_summed_by_weight_and_named():
+    """``regularise``: weight x penalty over the nonzero weights, every computed value reported."""
+    from vtviz.train.regularisers import REGULARISERS, coverage_penalty, regularise
+
+    torch.manual_seed(0)
+    b, n, h, w = 2, 4, 6, 6
+    attention = torch.softmax(torch.randn(b, n, h * w) * 3, -1)
+    mixing = torch.softmax(torch.randn(b, n, n), -1)
+    layer = VTLayerOutput(attention, mixing, torch.zeros(b, n), None, torch.zeros(b, n, 8), None)
+    total, values = regularise({"coverage": 2.0, "border": 0.0}, [layer], (h, w), logged=("diversity",))
+    assert set(values) == {"coverage", "diversity"}
+    assert torch.allclose(total, 2.0 * REGULARISERS["coverage"]([layer], (h, w)))
+    with pytest.raises(KeyError, match="unknown regularisers"):
+        regularise({"no_such": 1.0}, [layer], (h, w))
+    # coverage: 0 when the maps tile the photo evenly, large when all sit on one corner
+    tiles = torch.zeros(1, 4, 36)
+    for k in range(4):
+        tiles[0, k, k * 9:(k + 1) * 9] = 1 / 9
+    corner = torch.zeros(1, 4, 36)
+    corner[..., 0] = 1.0
+    assert float(coverage_penalty([tiles])) == 0.0 and float(coverage_penalty([corner])) > 30

@@ -29,7 +29,7 @@ from vtviz.models.checkpoint import read_checkpoint
 from vtviz.models.ood import ReferenceFlag
 from vtviz.models.teacher import imagenet_indices
 from vtviz.preprocess import Fit, Preprocess
-from vtviz.train.loop import dev_split
+from vtviz.train.dev import dev_split
 
 
 def rates(flag: ReferenceFlag, inside: list[np.ndarray], outside: list[tuple[str, np.ndarray]]) -> dict:

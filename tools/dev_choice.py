@@ -25,7 +25,7 @@ from vtviz.data import read_image_folder
 from vtviz.models.checkpoint import save_model
 from vtviz.models.meta import ModelMeta
 from vtviz.preprocess import Fit, Preprocess
-from vtviz.train.loop import dev_split, evaluate_dev, precise_bn
+from vtviz.train.dev import dev_split, evaluate_dev, precise_bn
 
 
 def main() -> None:

@@ -69,17 +69,10 @@ COMMON = ["--data", str(ROOT), "--teacher", "efficientnet-lite0", "--kd-consiste
           "--lr", os.environ.get("LR", "1e-3"), "--warmup-epochs", "3", "--min-scale", "0.4",
           "--no-val", "--cache-dir", str(CACHE), "--cache-size", str(max(SIZES)), "--quiet",
           "--save-every", "1000", "--threads", "2"]
-ANNEAL_SHARE = 0.4  # of the epochs, for --anneal-static
 VT = ["--arch", "vt_resnet18", "--registers", "4", "--projector-null", "--balance", "2",
       "--hard-balance", "2", "--mixing-diversity", "1", "--register-cap", "5", "--projector-balance", "4",
       "--self-cap", "5", "--border", "10", "--border-min-size", "224"]  # border: last phase only (CPU trial)
 KINDS: dict[str, list[str]] = {
-    # the paper's VT-R18; W_0 (the per-token filter that steadies early training) fades out
-    # over the first ANNEAL_SHARE of the epochs and is gone from the saved model. Not run by
-    # default: in an 8-epoch CPU trial (bundled models' card) the recurrent maps went uniform
-    # once W_0 was gone (entropy 1.000; zeroing W_T->R changed nothing)
-    "rec-anneal": [*VT, "--name", "vt-r18-anneal-imagenette-v6", "--anneal-static", "ANNEAL",
-                   "--description", "VT-ResNet-18 (filter, recurrent tokenizers), Imagenette"],
     # the paper's recurrent tokenizer from the first step (no W_0 at all): the comparison's
     # recurrent arm (its maps depended on the previous tokens in the CPU trial)
     "rec-plain": [*VT, "--name", "vt-r18-imagenette-v6", "--no-static-filter",
@@ -113,7 +106,7 @@ def pack(data_root: Path, quality: int = 60) -> None:
     from vtviz.data import read_image_folder
     from vtviz.models.teacher import load_efficientnet_lite0
     from vtviz.preprocess import Fit, Preprocess
-    from vtviz.train.loop import dev_split
+    from vtviz.train.dev import dev_split
 
     SRC.mkdir(exist_ok=True)
     train = read_image_folder(data_root / "train", Preprocess(size=224, fit=Fit.STRETCH),
@@ -163,9 +156,7 @@ def unpack() -> int:
 
 def launch(kind: str, tag: str, schedule: str) -> tuple[subprocess.Popen, Path, list[str]]:
     """Start one ``vtviz train`` run of ``kind`` (its output to ``RUNS_DIR/TAG.log``)."""
-    epochs = sum(int(part.split(":")[1]) for part in schedule.split(","))
-    args = [f"{ANNEAL_SHARE * epochs:g}" if a == "ANNEAL" else a for a in KINDS[kind]]
-    cmd = [sys.executable, "-m", "vtviz.train.loop", *COMMON, *args, "--schedule", schedule,
+    cmd = [sys.executable, "-m", "vtviz.train.loop", *COMMON, *KINDS[kind], "--schedule", schedule,
            "--out", str(RUNS_DIR / tag)]
     log = RUNS_DIR / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

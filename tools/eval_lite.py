@@ -27,8 +27,8 @@ from vtviz.maps.diagnostics import DiagnosticsAccumulator
 from vtviz.maps.tokens import from_output, map_correlation
 from vtviz.models.vt import Ablation
 from vtviz.preprocess import Fit, Preprocess
+from vtviz.train.dev import dev_split
 from vtviz.train.distill import teacher_logits
-from vtviz.train.loop import dev_split
 from vtviz.viz.render import region_pieces
 
 

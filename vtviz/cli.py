@@ -152,7 +152,7 @@ def cmd_calibrate_ood(args: argparse.Namespace) -> int:
     from vtviz.jobs.evaluate import calibrate_ood
     from vtviz.models.checkpoint import save_model
     from vtviz.models.vt import VTModel
-    from vtviz.train.loop import dev_split
+    from vtviz.train.dev import dev_split
 
     model = load_model(args.model, device=args.device)
     if not isinstance(model, VTModel):
@@ -247,8 +247,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from vtviz.train.distill import DistillConfig, distill
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "recipe")}
-    print(json_text({"checkpoint": str(distill(DistillConfig.from_recipe(args.recipe, **values)))}))
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "recipe", "run")}
+    print(json_text({"checkpoint": str(distill(DistillConfig.from_recipe(args.recipe, args.run, **values)))}))
     return 0
 
 
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_info_predict, _add_evaluate_calibrate, _add_evaluate_maps, _add_export, _add_gallery):
         add(sub)
     p = sub.add_parser("train", help="train a VT model on an ImageFolder dataset")
-    from vtviz.train.loop import add_arguments
+    from vtviz.train.config import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_train)

@@ -181,8 +181,6 @@ class RecurrentTokenizer(nn.Module):
     sqrt(C)``; the first bundled models had it and their maps turned out not to depend on the
     tokens at all (zeroing the dynamic term left them 0.997-correlated), so later models drop
     it: the filters then come from the previous tokens alone, as in the paper.
-    ``static_gain`` (a buffer, 1 by default) scales ``W_0``; training anneals it to 0 to hand
-    the maps over to the dynamic term before ``W_0`` is removed.
     """
 
     def __init__(self, channels: int, token_channels: int, num_tokens: int,
@@ -192,8 +190,6 @@ class RecurrentTokenizer(nn.Module):
         self.norm = nn.LayerNorm(token_channels)  # keeps W_R's scale steady across training
         self.token_to_filter = nn.Linear(token_channels, channels, bias=False)  # W_T->R
         self.filters = nn.Linear(channels, num_tokens, bias=False) if static_filter else None  # W_0
-        self.static_gain: Tensor
-        self.register_buffer("static_gain", torch.ones(()), persistent=False)
         self.value = nn.Linear(channels, token_channels, bias=False)  # W_V
         self.scale = channels**-0.5
 
@@ -209,7 +205,7 @@ class RecurrentTokenizer(nn.Module):
         if not ablation.recurrent_dynamic:
             filters = torch.zeros_like(filters)
         if self.filters is not None:
-            filters = filters + self.static_gain.to(filters.dtype) * self.filters.weight  # W_R
+            filters = filters + self.filters.weight  # W_R
         logits = torch.bmm(filters, x.transpose(1, 2))  # [B, L, HW]
         attention = _softmax32(logits, dim=-1)
         pooled = torch.bmm(attention.to(x.dtype), x)

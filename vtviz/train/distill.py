@@ -40,19 +40,13 @@ from vtviz.models.teacher import (
     imagenet_class_ids,
     load_efficientnet_lite0,
 )
-from vtviz.models.vt import VTOutput
 from vtviz.preprocess import Fit, Preprocess
 from vtviz.runtime import autocast_for
-from vtviz.train.loop import (
-    _param_groups,
-    border_penalty,
-    coverage_penalty,
-    dev_split,
-    diversity_penalty,
-    mixing_diversity_penalty,
-    mixup_batch,
-    projector_balance_penalty,
-)
+from vtviz.train.config import read_recipe
+from vtviz.train.dev import dev_split
+from vtviz.train.kd import mixup_batch
+from vtviz.train.loop import _param_groups
+from vtviz.train.regularisers import diversity_penalty, regularise
 from vtviz.viz.render import region_pieces
 
 #: EfficientNet-Lite0's preprocessing: centre crop of 87.5% of the shorter side, 224 px, (x/255-0.5)/0.5.
@@ -89,9 +83,10 @@ class DistillConfig:
     max_minutes: float = 0.0  # stop early after this many minutes (0: no limit); the schedule is kept
 
     @classmethod
-    def from_recipe(cls, path: str | Path, **overrides: Any) -> DistillConfig:
-        """A config from a recipe file (JSON) with command-line overrides."""
-        values = json.loads(Path(path).read_text())
+    def from_recipe(cls, path: str | Path, run: str | None = None, **overrides: Any) -> DistillConfig:
+        """A config from a recipe file's ``run`` (:func:`vtviz.train.config.read_recipe`) with
+        command-line overrides."""
+        values = read_recipe(path, run)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
@@ -111,16 +106,10 @@ def map_penalties(attentions: Sequence[Tensor], cap: float) -> tuple[Tensor, Ten
     return ent, diversity_penalty(attentions)
 
 
-def part_penalties(cfg: DistillConfig, out: VTOutput) -> Tensor:
-    """The weighted penalties that keep the transformer and projector working (VT-R18's)."""
-    total = torch.zeros(())
-    for weight, penalty in ((cfg.w_border, lambda: border_penalty(out.layers, out.map_size)),
-                            (cfg.w_mixing, lambda: mixing_diversity_penalty(out.layers)),
-                            (cfg.w_projector, lambda: projector_balance_penalty(out.layers)),
-                            (cfg.w_coverage, lambda: coverage_penalty([o.attention for o in out.layers]))):
-        if weight:
-            total = total + weight * penalty()
-    return total
+def part_weights(cfg: DistillConfig) -> dict[str, float]:
+    """The recipe's ``w_*`` fields as weights of :data:`vtviz.train.regularisers.REGULARISERS`."""
+    return {"border": cfg.w_border, "mixing_diversity": cfg.w_mixing, "projector_balance": cfg.w_projector,
+            "coverage": cfg.w_coverage}
 
 
 def kl_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
@@ -197,7 +186,8 @@ def distill(cfg: DistillConfig) -> Path:
                 out = model.explain_features(fmap)
                 kd = kl_to_teacher(out.logits, teacher_logits(model, fmap))
                 ent, div = map_penalties([layer.attention for layer in out.layers], cfg.entropy_cap)
-                loss = kd + cfg.w_entropy * ent + cfg.w_diversity * div + part_penalties(cfg, out)
+                parts, _ = regularise(part_weights(cfg), out.layers, out.map_size)
+                loss = kd + cfg.w_entropy * ent + cfg.w_diversity * div + parts
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -243,6 +233,7 @@ def _save(model: VTLite, path: Path, cfg: DistillConfig, history: list[dict[str,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``vtviz distill`` options: a recipe file and overrides of its fields."""
     p.add_argument("recipe", help="recipe file (JSON), e.g. recipes/vt-lite0-imagenet.json")
+    p.add_argument("--run", help="which of the recipe's runs (e.g. phase1)")
     p.add_argument("--data", help="image folder with train/<class>/ (overrides the recipe)")
     p.add_argument("--out", help="output folder (overrides the recipe)")
     for f in fields(DistillConfig):
@@ -255,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vtviz distill", description=__doc__.splitlines()[0])
     add_arguments(p)
     ns = vars(p.parse_args(argv))
-    cfg = DistillConfig.from_recipe(ns.pop("recipe"), **ns)
+    cfg = DistillConfig.from_recipe(ns.pop("recipe"), ns.pop("run"), **ns)
     print(json.dumps({"checkpoint": str(distill(cfg))}))
     return 0
 
