@@ -34,8 +34,8 @@ from vtviz.maps.faithful import ClassMaps, class_maps, class_panels, class_title
 from vtviz.maps.tokens import Scale
 from vtviz.preprocess import Fit
 from vtviz.runtime import device_label
-from vtviz.viz import render, views
-from vtviz.viz.render import Colormap
+from vtviz.viz import codecs, views
+from vtviz.viz.colors import Colormap
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_MODEL = "vt-lite0-imagenet"
@@ -238,7 +238,7 @@ if view == "Overview":
     cols = st.columns(COLUMNS)
     for n, i in enumerate(page_ids):
         with cols[n % COLUMNS]:
-            st.image(render.encode(views.constellation_view(result, i, layer, tokens, size=OVERVIEW_SIZE,
+            st.image(codecs.encode(views.constellation_view(result, i, layer, tokens, size=OVERVIEW_SIZE,
                                                             options=options, title=False, legend=False),
                                    "jpg", quality=92), width=OVERVIEW_SIZE)
             st.markdown(photo_line(i))
@@ -247,7 +247,7 @@ if view == "Overview":
     image = st.selectbox("Tokens of", page_ids, format_func=lambda i: names[i], key="strip_image")
     strip, _ = views.overlays(result, layer, tokens, kind, dataclasses.replace(options, contour=None),
                               [image], cell=STRIP_CELL)
-    st.image([render.encode(p, "jpg", quality=90) for p in strip[0]], caption=[f"token {t}" for t in tokens],
+    st.image([codecs.encode(p, "jpg", quality=90) for p in strip[0]], caption=[f"token {t}" for t in tokens],
              width=STRIP_CELL)
     st.caption(f"Each token's {kind_names[kind]} over {plain(names[image])}, brighter where it looks more "
                "(each map on its own colour scale unless 'shared' is chosen in the sidebar).")
@@ -256,7 +256,7 @@ elif view == "Token grid":
     # cells sized so that the grid is shown at its own size (its labels stay >= 12 px)
     fitted = dataclasses.replace(options, cell=max(96, min(200, (MAIN_WIDTH - 80) // len(page_ids) - 2)))
     grid = views.token_grid(result, layer, tokens, kind, fitted, names=names, images=page_ids)
-    st.image(render.encode(grid, "jpg", quality=92),  # fast to encode and send; PNG on download
+    st.image(codecs.encode(grid, "jpg", quality=92),  # fast to encode and send; PNG on download
              caption="rows: tokens · columns: images (top prediction above)", width=grid.shape[1])
     c1, c2, c3 = st.columns(3)  # files are made when clicked, not on every rerun
     c1.download_button("Grid (PNG)", lambda: views.png_bytes(grid), "vtviz-grid.png", "image/png")
@@ -273,7 +273,7 @@ elif view == "All tokens":
                            help="Keep one token bright; the others stay as thin outlines")
     pictures = [views.constellation_view(result, i, layer, tokens, isolate=isolate, size=360, options=options)
                 for i in page_ids]
-    st.image([render.encode(p, "jpg", quality=92) for p in pictures], caption=[captions[i] for i in page_ids],
+    st.image([codecs.encode(p, "jpg", quality=92) for p in pictures], caption=[captions[i] for i in page_ids],
              width=360)
     st.caption("Each token's 50%-mass region of the tokenizer attention, in its own colour, with its "
                "number at its peak; the photo is dimmed. Compare where the same token lands across images.")
@@ -289,7 +289,7 @@ elif view == "Why this class":
                    "probably means nothing.")
     st.markdown(photo_line(image))  # the same line, from the same pass, as in the overview
     cm = class_maps_cached(model_key, content_hash(shown[image].data), fit, target, shown[image])
-    st.image(render.encode(views.class_map_view(result.images[image], result.geometries[image],
+    st.image(codecs.encode(views.class_map_view(result.images[image], result.geometries[image],
                                                 class_panels(cm, 0),
                                                 class_title(cm, 0, result.classes, result.maps.logits[image]),
                                                 options, size=(MAIN_WIDTH - 40) // 3), "jpg", quality=92))
@@ -325,7 +325,7 @@ elif view == "Compare models":
             # tokens are matched over every image shown, not only this one
             grid = views.model_grid([result, other_result], [model_label, other_label], layer, tokens,
                                     kind, options, names=names, image=image)
-            st.image(render.encode(grid, "jpg", quality=92),
+            st.image(codecs.encode(grid, "jpg", quality=92),
                      caption="rows: tokens of the first model; the second model's column shows the token "
                              "matched to each (Hungarian matching of their maps over all images shown; "
                              "'weak': similarity below 0.3, no clear counterpart)")

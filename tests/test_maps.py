@@ -137,7 +137,7 @@ def test_one_mass_region_exact_on_token_grids():
     """The 50%-mass region of a token grid is the smallest set of cells holding half the map:
     one definition for the manifest's overlap, the pieces count and the outlines."""
     from vtviz.maps.tokens import mass_regions, mass_thresholds
-    from vtviz.viz.render import region_pieces
+    from vtviz.viz.contours import region_pieces
 
     rng = np.random.default_rng(3)
     maps = torch.from_numpy(rng.random((4, 14, 14)).astype(np.float32) ** 4)

@@ -6,23 +6,24 @@ import cv2
 import numpy as np
 import pytest
 
-from vtviz.viz import render
-from vtviz.viz.render import Colormap
+from vtviz.maps.tokens import mass_threshold, mass_thresholds
+from vtviz.viz import codecs, colors, contours, heatmap, layout
+from vtviz.viz.colors import Colormap
 
 
 def test_overlay_hot_left_image_right():
     image = np.full((40, 60, 3), (40, 160, 90), np.uint8)
     m = np.zeros((4, 6), np.float32)
     m[:, :3] = 1.0
-    out = render.overlay(image, m, Colormap.JET, alpha=0.7)
+    out = heatmap.overlay(image, m, Colormap.JET, alpha=0.7)
     left, right = out[:, :25].reshape(-1, 3).mean(0), out[:, 35:].reshape(-1, 3).mean(0)
-    hot = render.colormap_lut("jet")[255]  # dark red
+    hot = colors.colormap_lut("jet")[255]  # dark red
     assert hot[0] > 100 and hot[1] < 30 and hot[2] < 30  # JET's top is dark red, in RGB order
     expected_left = 0.3 * np.array([40, 160, 90]) + 0.7 * hot
     np.testing.assert_allclose(left, expected_left, atol=3)
     np.testing.assert_allclose(right, (40, 160, 90), atol=1)  # the image's own pixels
-    uniform = render.overlay(image, m, Colormap.JET, alpha=0.7, weighted=False)
-    cold = render.colormap_lut("jet")[0]
+    uniform = heatmap.overlay(image, m, Colormap.JET, alpha=0.7, weighted=False)
+    cold = colors.colormap_lut("jet")[0]
     np.testing.assert_allclose(uniform[:, 35:].reshape(-1, 3).mean(0),
                                0.3 * np.array([40, 160, 90]) + 0.7 * cold, atol=3)
 
@@ -30,11 +31,11 @@ def test_overlay_hot_left_image_right():
 def test_rgb_order_with_pure_red():
     red = np.zeros((8, 8, 3), np.uint8)
     red[..., 0] = 255
-    out = render.overlay(red, np.zeros((2, 2)), alpha=0.5)
+    out = heatmap.overlay(red, np.zeros((2, 2)), alpha=0.5)
     assert (out[..., 0] == 255).all() and (out[..., 1:] == 0).all()
-    decoded = cv2.imdecode(np.frombuffer(render.encode(red, "png"), np.uint8), cv2.IMREAD_COLOR)
+    decoded = cv2.imdecode(np.frombuffer(codecs.encode(red, "png"), np.uint8), cv2.IMREAD_COLOR)
     assert tuple(decoded[0, 0]) == (0, 0, 255)  # stored as true red (OpenCV reads BGR)
-    lut = render.colormap_lut("turbo")
+    lut = colors.colormap_lut("turbo")
     assert lut[255][0] > lut[255][2] and lut[0][2] > lut[0][0]  # turbo: blue low, red high
 
 
@@ -43,21 +44,21 @@ def test_overlay_many_maps_and_mask():
     maps = np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)
     mask = np.zeros((20, 20), bool)
     mask[:, :10] = True
-    out = render.overlay(image, maps, mask=mask)
+    out = heatmap.overlay(image, maps, mask=mask)
     assert out.shape == (3, 20, 20, 3)
     assert (out[:, :, 10:] == 0).all() and out[:, :, :10].any()
-    uniform = render.overlay(image, maps, mask=mask, weighted=False)  # the mask holds for both blends
+    uniform = heatmap.overlay(image, maps, mask=mask, weighted=False)  # the mask holds for both blends
     assert (uniform[:, :, 10:] == 0).all() and (uniform[:, :, :10] > 0).any(-1).all()
     with pytest.raises(ValueError, match="RGB uint8"):
-        render.overlay(image.astype(np.float32), maps[0])
+        heatmap.overlay(image.astype(np.float32), maps[0])
 
 
 def test_mass_contour_region():
     m = np.zeros((10, 10))
     m[2, 2], m[5, 5], m[7, 7] = 6, 3, 1
-    assert render.mass_region(m, 0.5).sum() == 1
-    assert render.mass_region(m, 0.9).sum() == 2
-    img = render.overlay(np.zeros((50, 50, 3), np.uint8), m, contour=0.5, alpha=0.0)
+    assert contours.mass_region(m, 0.5).sum() == 1
+    assert contours.mass_region(m, 0.9).sum() == 2
+    img = heatmap.overlay(np.zeros((50, 50, 3), np.uint8), m, contour=0.5, alpha=0.0)
     assert (img == 255).all(-1).any()  # the white outline was drawn
 
 
@@ -65,28 +66,28 @@ def test_partition_colours_follow_argmax():
     w = np.zeros((3, 2, 2), np.float32)
     w[0, 0, 0] = w[1, 0, 1] = w[2, 1, 0] = w[2, 1, 1] = 1
     image = np.zeros((40, 40, 3), np.uint8)
-    out = render.partition(image, w, alpha=1.0, labels=False)
-    owners = render.resize_map(w, (40, 40)).argmax(0)
+    out = contours.partition(image, w, alpha=1.0, labels=False)
+    owners = colors.resize_map(w, (40, 40)).argmax(0)
     for (y, x) in [(5, 5), (5, 35), (35, 5), (35, 35)]:
-        np.testing.assert_array_equal(out[y, x], render.TOKEN_COLORS[owners[y, x]])
+        np.testing.assert_array_equal(out[y, x], colors.TOKEN_COLORS[owners[y, x]])
     assert owners[5, 5] == 0 and owners[5, 35] == 1 and owners[35, 20] == 2
-    assert len({tuple(c) for c in render.TOKEN_COLORS}) == len(render.TOKEN_COLORS) == 16
-    labelled = render.partition(image, w, alpha=1.0)  # each owner's number written in its territory
+    assert len({tuple(c) for c in colors.TOKEN_COLORS}) == len(colors.TOKEN_COLORS) == 16
+    labelled = contours.partition(image, w, alpha=1.0)  # each owner's number written in its territory
     assert (labelled != out).any(-1).sum() > 20
-    half = render.partition(np.full((40, 40, 3), 200, np.uint8), w)  # the photo shows through
-    assert 0 < np.abs(half.astype(int) - render.TOKEN_COLORS[owners][..., :3]).mean()
+    half = contours.partition(np.full((40, 40, 3), 200, np.uint8), w)  # the photo shows through
+    assert 0 < np.abs(half.astype(int) - colors.TOKEN_COLORS[owners][..., :3]).mean()
 
 
 def test_grid_shape_and_labels():
     cells = [[np.full((30, 40, 3), 50 * (r + c), np.uint8) for c in range(3)] for r in range(2)]
-    out = render.grid(cells, row_labels=["a", "b"], col_labels=["x", "y", "z"], gap=2, label_width=50)
+    out = layout.grid(cells, row_labels=["a", "b"], col_labels=["x", "y", "z"], gap=2, label_width=50)
     assert out.shape == (18 + 2 * 32 + 2, 50 + 3 * 42 + 2, 3)
     np.testing.assert_array_equal(out[18 + 2 + 32, 50 + 2 + 42], cells[1][1][0, 0])
     assert (out[:18, 52:92] < 128).any()  # a column label was written
-    bar = render.colorbar("viridis", 0.0, 0.25, 200)
+    bar = layout.colorbar("viridis", 0.0, 0.25, 200)
     assert bar.shape[1] == 200
-    np.testing.assert_array_equal(bar[0, 0], render.colormap_lut("viridis")[0])
-    tiled = render.tile([cells[0][0]] * 5, columns=4)
+    np.testing.assert_array_equal(bar[0, 0], colors.colormap_lut("viridis")[0])
+    tiled = layout.tile([cells[0][0]] * 5, columns=4)
     assert tiled.shape[:2] == (2 * 32 + 2, 4 * 42 + 2)
 
 
@@ -94,17 +95,17 @@ def test_grid_shape_and_labels():
 def test_encode_formats(fmt):
     img = np.zeros((16, 16, 3), np.uint8)
     img[..., 1] = 200
-    back = cv2.cvtColor(cv2.imdecode(np.frombuffer(render.encode(img, fmt), np.uint8), 1),
+    back = cv2.cvtColor(cv2.imdecode(np.frombuffer(codecs.encode(img, fmt), np.uint8), 1),
                         cv2.COLOR_BGR2RGB)
     np.testing.assert_allclose(back, img, atol=6)
 
 
 def test_labels_with_newlines_and_control_characters_draw():
-    from vtviz.viz import render
+    from vtviz.viz import layout
 
-    strip = render.text_strip("photo\nwith a\tnewline\x00.png", 200)
+    strip = layout.text_strip("photo\nwith a\tnewline\x00.png", 200)
     assert strip.shape == (18, 200, 3) and (strip < 128).any()  # text drawn, no exception
-    assert render.text_width("a\nb") == render.text_width("a b")
+    assert layout.text_width("a\nb") == layout.text_width("a b")
 
 
 def test_traced_outline_follows_the_full_resolution_region():
@@ -113,13 +114,13 @@ def test_traced_outline_follows_the_full_resolution_region():
     import cv2
 
     rng = np.random.default_rng(0)
-    maps = render.resize_map(rng.random((4, 14, 14)).astype(np.float32) ** 3, (420, 560))
+    maps = colors.resize_map(rng.random((4, 14, 14)).astype(np.float32) ** 3, (420, 560))
     for m in maps:
-        regions = render.trace_regions(m[None], 0.5)
+        regions = contours.trace_regions(m[None], 0.5)
         level = regions.levels[0]
-        assert level == render.mass_threshold(m, 0.5)
+        assert level == mass_threshold(m, 0.5)
         drawn = np.zeros(m.shape, np.uint8)
-        cv2.polylines(drawn, regions.outlines(m.shape)[0], True, 255, 1, cv2.LINE_8, render.OUTLINE_SHIFT)
+        cv2.polylines(drawn, regions.outlines(m.shape)[0], True, 255, 1, cv2.LINE_8, contours.OUTLINE_SHIFT)
         region = (m >= level).astype(np.uint8)
         edge = region - cv2.erode(region, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
                                   borderValue=0)  # a region cut by the picture's side ends there
@@ -130,26 +131,26 @@ def test_traced_outline_follows_the_full_resolution_region():
         assert near_drawn[edge.astype(bool)].mean() > 0.99
     spot = np.zeros((600, 600), np.float32)
     spot[205, 205] = 1.0  # one pixel: on the mass threshold's sampling (every 5th), off the tracing's (6th)
-    assert render.trace_regions(spot[None], 0.5).outlines(spot.shape)[0]
+    assert contours.trace_regions(spot[None], 0.5).outlines(spot.shape)[0]
 
 
 def test_owners_equal_argmax_with_ties_first():
     rng = np.random.default_rng(1)
     w = rng.integers(0, 4, (16, 37, 53)).astype(np.float32)  # many ties
-    np.testing.assert_array_equal(render.owners(w), w.argmax(0))
+    np.testing.assert_array_equal(contours.owners(w), w.argmax(0))
 
 
 def test_mass_thresholds_hold_the_mass_on_smooth_and_peaked_maps():
     """The fast histogram threshold: the region above it holds the asked share within 1.5%,
     for smooth upsampled token maps, a near-one-hot map and an all-zero one (inf)."""
     rng = np.random.default_rng(2)
-    maps = render.resize_map(rng.random((6, 14, 14)).astype(np.float32) ** 4, (300, 420))
+    maps = colors.resize_map(rng.random((6, 14, 14)).astype(np.float32) ** 4, (300, 420))
     peaked = np.zeros((1, 300, 420), np.float32)
     peaked[0, 100:104, 200:204] = 1.0
     peaked[0] += 1e-4
     stack = np.concatenate([maps, peaked, np.zeros((1, 300, 420), np.float32)])
     for mass in (0.3, 0.5, 0.8):
-        levels = render.mass_thresholds(stack, mass)
+        levels = mass_thresholds(stack, mass)
         for m, t in zip(maps, levels):
             assert abs(m[m >= t].sum() / m.sum() - mass) < 0.015
         spike = peaked[0] >= levels[-2]  # the 4x4 spike holds 56%: the smallest region holding 30-50%
@@ -162,9 +163,9 @@ def test_mass_threshold_of_flat_topped_maps_keeps_the_top():
     a = np.full((3, 8, 8), 1e-3, np.float32)
     a[:, ::2, ::2] = 1.0
     a /= a.sum((1, 2), keepdims=True)
-    levels = render.mass_thresholds(a, 0.5)
+    levels = mass_thresholds(a, 0.5)
     assert all((m >= t).sum() == 16 for m, t in zip(a, levels))
-    np.testing.assert_array_equal(render.region_pieces(a), [16, 16, 16])
+    np.testing.assert_array_equal(contours.region_pieces(a), [16, 16, 16])
 
 
 def test_region_pieces_count_each_maps_own_pieces():
@@ -179,13 +180,13 @@ def test_region_pieces_count_each_maps_own_pieces():
     maps[4][:, -1] = 1.0  # one piece along the right edge ...
     maps[5] = 0.0
     maps[5][:, 0] = 1.0  # ... next to one along the left edge of the next map
-    levels = render.mass_thresholds(maps, 0.5)
+    levels = mass_thresholds(maps, 0.5)
     alone = [0 if not np.isfinite(t) else cv2.connectedComponents((m >= t).astype(np.uint8), connectivity=8)[0] - 1
              for m, t in zip(maps, levels)]
-    got = render.region_pieces(maps)
+    got = contours.region_pieces(maps)
     np.testing.assert_array_equal(got, alone)
     assert got[3] == 0 and got[4] == 1 and got[5] == 1 and got.max() >= 3
-    assert render.region_pieces(np.zeros((0, 4, 4), np.float32)).shape == (0,)
+    assert contours.region_pieces(np.zeros((0, 4, 4), np.float32)).shape == (0,)
 
 
 def test_regions_traced_once_outline_the_region_at_every_size():
@@ -196,14 +197,14 @@ def test_regions_traced_once_outline_the_region_at_every_size():
 
     rng = np.random.default_rng(3)
     grid = rng.random((3, 14, 14)).astype(np.float32) ** 3
-    regions = render.trace_regions(render.resize_map(grid, (72, 96)), 0.5, smooth=True)
+    regions = contours.trace_regions(colors.resize_map(grid, (72, 96)), 0.5, smooth=True)
     assert regions.shape == (72, 96) and regions.levels.shape == (3,)
     for size in ((150, 200), (450, 600)):
-        maps = render.resize_map(grid, size)
+        maps = colors.resize_map(grid, size)
         tol = 2 * max(size) // 96 + 3  # a coarse sample and a bit
         for m, level, polys in zip(maps, regions.levels, regions.outlines(size)):
             drawn = np.zeros(size, np.uint8)
-            cv2.polylines(drawn, polys, True, 255, 1, cv2.LINE_8, render.OUTLINE_SHIFT)
+            cv2.polylines(drawn, polys, True, 255, 1, cv2.LINE_8, contours.OUTLINE_SHIFT)
             region = (m >= level).astype(np.uint8)
             edge = region - cv2.erode(region, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
                                       borderValue=0)
@@ -222,16 +223,16 @@ def test_constellation_fills_each_region_and_labels_its_peak_at_any_size():
     its label sits at its peak, without resampling any map to the picture."""
     grid = np.full((2, 14, 14), 1e-3, np.float32)
     grid[0, 3:5, 2:5], grid[1, 9:12, 9:11] = 1.0, 1.0  # two separate blobs
-    coarse = render.resize_map(grid, (70, 70))
-    regions = render.trace_regions(coarse, 0.5, smooth=True)
+    coarse = colors.resize_map(grid, (70, 70))
+    regions = contours.trace_regions(coarse, 0.5, smooth=True)
     size = (560, 560)
     base = np.full((*size, 3), 128, np.uint8)
-    pic = render.constellation(base, regions, ["0", "1"], fill=0.3, palette=render.TOKEN_COLORS)
-    full = render.resize_map(grid, size)
+    pic = contours.constellation(base, regions, ["0", "1"], fill=0.3, palette=colors.TOKEN_COLORS)
+    full = colors.resize_map(grid, size)
     for k in range(2):
-        tint = np.rint(128 * 0.7 + render.TOKEN_COLORS[k].astype(float) * 0.3)
+        tint = np.rint(128 * 0.7 + colors.TOKEN_COLORS[k].astype(float) * 0.3)
         tinted = (np.abs(pic.astype(float) - tint) <= 1).all(-1)
-        region = full[k] >= render.mass_threshold(full[k], 0.5)
+        region = full[k] >= mass_threshold(full[k], 0.5)
         inner = cv2.erode(region.astype(np.uint8), np.ones((21, 21), np.uint8)).astype(bool)
         assert tinted[inner].mean() > 0.9  # inside: tinted (bar the label and outline)
         assert not (tinted & ~cv2.dilate(region.astype(np.uint8), np.ones((21, 21), np.uint8)).astype(bool)).any()
@@ -247,7 +248,7 @@ def test_dim_image_is_the_documented_mix():
         f = img.astype(np.float64)
         grey = f @ np.array([0.299, 0.587, 0.114])
         want = np.clip(np.rint((f * (1 - a) + grey[..., None] * a) * (1 - 0.55 * a)), 0, 255)
-        assert np.abs(render.dim_image(img, a).astype(float) - want).max() <= 1
+        assert np.abs(colors.dim_image(img, a).astype(float) - want).max() <= 1
 
 
 def test_a_long_label_is_cut_to_the_longest_prefix_that_fits():
@@ -255,15 +256,15 @@ def test_a_long_label_is_cut_to_the_longest_prefix_that_fits():
     is drawn whole (so the strip differs from the cut one's)."""
     from PIL import Image, ImageDraw
 
-    font = render._font(12)
+    font = layout._font(12)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
     text = "IMG_20240101_123456789_a_rather_long_photo_name.jpg"
     for width in (40, 90, 150):
         fits = [k for k in range(len(text)) if measure(text[:k] + "…", font=font) <= width - 4]
-        want = render.text_strip(text[:max(fits)] + "…", width)
-        np.testing.assert_array_equal(render.text_strip(text, width), want)
-    whole = render.text_width(text)
-    assert not np.array_equal(render.text_strip(text, whole), render.text_strip(text[:-1] + "…", whole))
+        want = layout.text_strip(text[:max(fits)] + "…", width)
+        np.testing.assert_array_equal(layout.text_strip(text, width), want)
+    whole = layout.text_width(text)
+    assert not np.array_equal(layout.text_strip(text, whole), layout.text_strip(text[:-1] + "…", whole))
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
@@ -273,9 +274,9 @@ def test_blend_is_the_documented_mix_at_every_level(gamma):
     rng = np.random.default_rng(1)
     levels = np.tile(np.arange(256, dtype=np.uint8), (3, 4, 1))  # [3, 4, 256]: each level 12 times
     photo = rng.integers(0, 256, (4, 256, 3), dtype=np.uint8)
-    out = render._blend(levels, photo, Colormap.TURBO, 0.6, gamma)
+    out = heatmap._blend(levels, photo, Colormap.TURBO, 0.6, gamma)
     a = (0.6 * (np.arange(256) / 255) ** gamma)[None, None, :, None]
-    want = render.colormap_lut("turbo")[levels].astype(float) * a + photo[None].astype(float) * (1 - a)
+    want = colors.colormap_lut("turbo")[levels].astype(float) * a + photo[None].astype(float) * (1 - a)
     assert out.shape == (3, 4, 256, 3) and out.dtype == np.uint8
     assert np.abs(out.astype(float) - want).max() <= 1.5
 
@@ -284,12 +285,12 @@ def test_a_title_pasted_from_its_parts_reads_as_the_title_drawn_whole():
     """Titles joined by " · " are pasted from cached parts: the same text in the same place as
     drawing the whole title (a glyph's edge may differ by the rounding of a part's width)."""
     title = "IMG_0042.jpg · layer 1 · recurrent · tench 87%"
-    width = render.text_width(title) + 40
-    pasted = render.text_strip(title, width).astype(int)
-    whole = render._text_strip(title, width, 18, 12, (255, 255, 255), "left").astype(int)
+    width = layout.text_width(title) + 40
+    pasted = layout.text_strip(title, width).astype(int)
+    whole = layout._text_strip(title, width, 18, 12, (255, 255, 255), "left").astype(int)
     ink_p, ink_w = pasted.min(-1) < 128, whole.min(-1) < 128
     assert ink_w.sum() > 100 and abs(int(ink_p.sum()) - int(ink_w.sum())) <= 0.05 * ink_w.sum()
     cols_p, cols_w = np.flatnonzero(ink_p.any(0)), np.flatnonzero(ink_w.any(0))
     assert abs(cols_p[0] - cols_w[0]) <= 1 and abs(cols_p[-1] - cols_w[-1]) <= 2  # same extent
     assert np.abs(pasted - whole).mean() < 2.0
-    assert render.text_strip(title, 60).shape == (18, 60, 3)  # too long for its parts: cut as before
+    assert layout.text_strip(title, 60).shape == (18, 60, 3)  # too long for its parts: cut as before

@@ -12,8 +12,8 @@ import torch
 
 from vtviz.image import Geometry
 from vtviz.maps.tokens import ImageMaps, LayerMaps, Scale, TokenMaps
-from vtviz.viz import render, views
-from vtviz.viz.render import Colormap
+from vtviz.viz import contours, layout, views
+from vtviz.viz.colors import Colormap
 
 H = W = 4
 L = 3
@@ -140,11 +140,10 @@ def test_default_grid_shows_every_token_on_real_photos(app_models):
 
 
 def test_colour_bar_labels_are_never_cut():
-    from vtviz.viz import render
 
     label = "attention: each map from its min to its max, a long label on a short bar"
-    bar = render.colorbar(Colormap.TURBO, 0, 1, 120, label=label, alpha=0.85, gamma=0.3)
-    assert bar.shape[1] >= render.text_width(label) > 120
+    bar = layout.colorbar(Colormap.TURBO, 0, 1, 120, label=label, alpha=0.85, gamma=0.3)
+    assert bar.shape[1] >= layout.text_width(label) > 120
     # drawn like the overlays: transparent (the grey backdrop) at 0, coloured at 1
     assert np.ptp(bar[2, 0].astype(int)) < 30 and np.ptp(bar[2, 119].astype(int)) > 60
 
@@ -154,7 +153,7 @@ def test_token_palette_is_well_separated():
 
     from skimage.color import deltaE_ciede2000, rgb2lab
 
-    from vtviz.viz.render import TOKEN_COLORS
+    from vtviz.viz.colors import TOKEN_COLORS
 
     lab = rgb2lab(TOKEN_COLORS[None].astype(float) / 255)[0]
     distances = [deltaE_ciede2000(lab[i], lab[j]) for i, j in itertools.combinations(range(16), 2)]
@@ -162,7 +161,7 @@ def test_token_palette_is_well_separated():
 
 
 def test_constellation_draws_every_token_in_its_colour():
-    from vtviz.viz.render import TOKEN_COLORS
+    from vtviz.viz.colors import TOKEN_COLORS
 
     res = _result(1)
     att = torch.full((1, L, H, W), 1e-3)
@@ -233,7 +232,7 @@ def test_constellation_says_when_token_regions_are_fragmented():
     att[0, :, ::2, ::2] = 1.0  # 16 separate cells per token
     layer = dataclasses.replace(res.maps.layers[0], attention=att / att.sum((-2, -1), keepdim=True))
     spread = dataclasses.replace(res, maps=dataclasses.replace(res.maps, layers=(layer, res.maps.layers[1])))
-    assert render.region_pieces(att[0].numpy()).mean() >= 8
+    assert contours.region_pieces(att[0].numpy()).mean() >= 8
     plain = views.constellation_view(res, 0, 0, size=64)
     noted = views.constellation_view(spread, 0, 0, size=64)
     assert noted.shape[0] == plain.shape[0] + 18  # one more text line

@@ -29,7 +29,7 @@ from vtviz.models.vt import Ablation
 from vtviz.preprocess import Fit, Preprocess
 from vtviz.train.dev import dev_split
 from vtviz.train.distill import teacher_logits
-from vtviz.viz.render import region_pieces
+from vtviz.viz.contours import region_pieces
 
 
 def _passes(model, x):

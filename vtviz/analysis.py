@@ -35,8 +35,8 @@ from vtviz.maps.tokens import (
 from vtviz.models.checkpoint import model_meta
 from vtviz.models.vt import VTModel
 from vtviz.runtime import model_device
-from vtviz.viz import render, views
-from vtviz.viz.render import Colormap
+from vtviz.viz import codecs, heatmap, views
+from vtviz.viz.colors import Colormap
 from vtviz.viz.views import MapKind, RenderOptions
 
 if TYPE_CHECKING:
@@ -145,9 +145,9 @@ def token_gallery(model: nn.Module, images_or_folder: Sequence[ImageSource] | st
         kind_name = la.kind
         builder = builder or GalleryBuilder(la.num_tokens, k, crop)
         for (name, img), geo, m in zip(batch, geos, chosen):
-            size = render.fit_size(img.shape[:2], 256)
+            size = codecs.fit_size(img.shape[:2], 256)
             full, _ = maps_to_original(m, geo, size)
-            builder.add(render.resize_image(img, size), name, full)
+            builder.add(codecs.resize_image(img, size), name, full)
         bar.update(len(batch))
     bar.close()
     if builder is None:
@@ -347,13 +347,13 @@ def attribution_figure(model: VTModel, image: ImageSource, target: int | str | N
     geo = result.geometries[0]
     img = result.images[0]
     cam_full, mask = maps_to_original(torch.from_numpy(cam), geo)  # input-resolution map
-    panels = [("image", img), ("Grad-CAM", render.overlay(img, np.maximum(cam_full.numpy(), 0),
+    panels = [("image", img), ("Grad-CAM", heatmap.overlay(img, np.maximum(cam_full.numpy(), 0),
                                                           colormap, mask=mask.numpy()))]
     att = result.maps.layers[layer].attention[0]
     full, mask = maps_to_original(att[torch.as_tensor(top)], geo)
     for t, m in zip(top, full):
         panels.append((f"token {t}: IG {ta.attributions[t]:+.2f}",
-                       render.overlay(img, m.numpy(), colormap, mask=mask.numpy())))
+                       heatmap.overlay(img, m.numpy(), colormap, mask=mask.numpy())))
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
     for ax, (title, pic) in zip(axes, panels):
         ax.imshow(pic)

@@ -15,7 +15,7 @@ from typing import Any
 from vtviz.errors import CheckpointError, VTVizError, json_text
 from vtviz.models.checkpoint import load_model, model_meta, record_evaluation
 from vtviz.preprocess import Fit
-from vtviz.viz.render import Colormap
+from vtviz.viz.colors import Colormap
 
 
 def _describe(name: str, model: Any, full: bool = False) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from vtviz.models.checkpoint import load_model
 from vtviz.models.meta import ModelMeta
 from vtviz.models.registry import list_pretrained
 from vtviz.preprocess import Fit
-from vtviz.viz.render import fit_size, resize_image
+from vtviz.viz.codecs import fit_size, resize_image
 
 _UPLOAD_DIR: Path | None = None
 

@@ -44,8 +44,8 @@ from vtviz.maps.tokens import ImageMaps, Scale, TokenMaps, TokenStat, token_tabl
 from vtviz.models.checkpoint import model_meta
 from vtviz.preprocess import Fit, Preprocess
 from vtviz.runtime import cpu_threads_beside, model_device
-from vtviz.viz import render, views
-from vtviz.viz.render import Colormap
+from vtviz.viz import codecs, views
+from vtviz.viz.colors import Colormap
 
 MANIFEST = "manifest.jsonl"
 
@@ -196,7 +196,7 @@ def _decode(index: int, path: Path, pre: Preprocess, display: int | None = None)
         item.fitted, geometry = fit_image(image, pre)
         item.geometry = geometry.of_full_image(factor, full)
         if display and max(image.shape[:2]) > display:
-            image = render.resize_image(image, render.fit_size(image.shape[:2], display))
+            image = codecs.resize_image(image, codecs.fit_size(image.shape[:2], display))
         item.image = image
     except ImageError as exc:
         item.error = exc.reason
@@ -296,12 +296,12 @@ def _render_one(job: RenderJob) -> dict[str, Any]:
             sub = f"{folder}/layer{i}-{la.kind}"
             for rec, img in zip(entry["tokens"], pics.overlays if opts.overlays else ()):
                 rec["file"] = f"{sub}/token{rec['token']:02d}.{opts.fmt}"
-                atomic_write(out_dir / rec["file"], render.encode(img, opts.fmt))
+                atomic_write(out_dir / rec["file"], codecs.encode(img, opts.fmt))
             for key, picture in (("grid", pics.grid), ("partition", pics.partition),
                                  ("constellation", pics.constellation)):
                 if picture is not None:
                     entry[key] = f"{sub}-{key}.{opts.fmt}"
-                    atomic_write(out_dir / entry[key], render.encode(picture, opts.fmt))
+                    atomic_write(out_dir / entry[key], codecs.encode(picture, opts.fmt))
             entry["partition_by"] = "attention"
         record["layers"].append(entry)
     if why is not None and opts.images:
@@ -310,7 +310,7 @@ def _render_one(job: RenderJob) -> dict[str, Any]:
                                 "panels": [label for label, _ in panels]}
         picture = views.class_map_view(item.image, item.geometry, panels, title, opts.render,
                                        size=min(opts.size or 480, 480))
-        atomic_write(out_dir / record["class_maps"]["file"], render.encode(picture, opts.fmt))
+        atomic_write(out_dir / record["class_maps"]["file"], codecs.encode(picture, opts.fmt))
     if opts.raw:
         record["raw"] = f"{folder}/maps.npz"
         arrays = views.raw_arrays(one, names=[item.path.name], model=model_name)

@@ -34,9 +34,10 @@ from vtviz.files import atomic_write
 from vtviz.image import load_image, maps_to_original, prepare
 from vtviz.jobs.runner import Parts, Shard, run_units, unit_records
 from vtviz.maps.explain import preprocess_for, token_maps
+from vtviz.maps.tokens import mass_threshold
 from vtviz.models.checkpoint import model_meta
 from vtviz.models.vt import VTModel
-from vtviz.viz import render
+from vtviz.viz import codecs, colors, contours, heatmap, layout
 
 INDEX = "index.json"
 
@@ -56,7 +57,7 @@ class GalleryBuilder:
     """Keeps, for each token, the ``k`` highest-scoring crops seen so far (bounded memory)."""
 
     def __init__(self, num_tokens: int, k: int = 8, crop: int = 128, crop_fraction: float = 0.4,
-                 colormap: render.Colormap = render.Colormap.TURBO) -> None:
+                 colormap: colors.Colormap = colors.Colormap.TURBO) -> None:
         self.k, self.crop, self.crop_fraction, self.colormap = k, crop, crop_fraction, colormap
         self.heaps: list[list[tuple[float, int, GalleryItem]]] = [[] for _ in range(num_tokens)]
         self._count = 0
@@ -87,11 +88,11 @@ class GalleryBuilder:
             x0 = int(min(max(0, px - side // 2), w - side))
             box = (slice(max(0, y0), y0 + side), slice(max(0, x0), x0 + side))
             full = maps[t].numpy()
-            crop = render.overlay(image[box], full[box], self.colormap, 0.6, 0.0, score, gamma=0.5)
-            crop = render.resize_image(crop, (self.crop, self.crop))
-            region = full[box] >= render.mass_threshold(full, 0.5)  # the token's 50%-mass region
-            render.draw_outline(crop, render.resize_map(region.astype(np.float32), crop.shape[:2]) >= 0.5)
-            render.draw_label(crop, f"{score:.3f}", (3, 2), (255, 255, 255))
+            crop = heatmap.overlay(image[box], full[box], self.colormap, 0.6, 0.0, score, gamma=0.5)
+            crop = codecs.resize_image(crop, (self.crop, self.crop))
+            region = full[box] >= mass_threshold(full, 0.5)  # the token's 50%-mass region
+            contours.draw_outline(crop, colors.resize_map(region.astype(np.float32), crop.shape[:2]) >= 0.5)
+            contours.draw_label(crop, f"{score:.3f}", (3, 2), (255, 255, 255))
             self.push(t, GalleryItem(score, source, crop, (float(px), float(py))))
 
     def ranked(self) -> list[list[GalleryItem]]:
@@ -117,7 +118,7 @@ class Gallery:
         blank = np.full((size, size, 3), 255, np.uint8)
         k = max((len(r) for r in self.items), default=1)
         cells = [[row[j].crop if j < len(row) else blank for j in range(k)] for row in self.items]
-        return render.grid(cells, row_labels=[f"token {t}" for t in range(len(self.items))] if labels else (),
+        return layout.grid(cells, row_labels=[f"token {t}" for t in range(len(self.items))] if labels else (),
                            col_labels=[f"#{j + 1}" for j in range(k)],
                            title=f"layer {self.layer} ({self.kind}): top photos per token, map and score drawn")
 
@@ -130,7 +131,7 @@ class Gallery:
     def save_png(self, path: str | Path) -> Path:
         """Write :meth:`picture` as a PNG file."""
         path = Path(path)
-        path.write_bytes(render.encode(self.picture(), "png"))
+        path.write_bytes(codecs.encode(self.picture(), "png"))
         return path
 
     def to_html(self, path: str | Path) -> Path:
@@ -140,7 +141,7 @@ class Gallery:
         rows = []
         for t, row in enumerate(self.items):
             cells = "".join(
-                f'<figure><img src="data:image/png;base64,{base64.b64encode(render.encode(it.crop)).decode()}"'
+                f'<figure><img src="data:image/png;base64,{base64.b64encode(codecs.encode(it.crop)).decode()}"'
                 f' title="{html.escape(it.source)}"><figcaption>{it.score:.3f}</figcaption></figure>'
                 for it in row)
             rows.append(f"<tr><th>token {t}</th><td>{cells}</td></tr>")
@@ -218,7 +219,7 @@ def _unit(model: VTModel, paths: Sequence[Path], pre: Any, options: GalleryOptio
             for it in items:
                 key = hashlib.sha1(f"{it.source}|{it.score!r}".encode()).hexdigest()[:10]
                 rel = f"{folder.name}/layer{li}/token{t:02d}/{key}.png"
-                atomic_write(folder.parent / rel, render.encode(it.crop, "png"))
+                atomic_write(folder.parent / rel, codecs.encode(it.crop, "png"))
                 rows.append({"source": it.source, "score": it.score, "peak_xy": list(it.peak_xy), "file": rel})
             tokens.append(rows)
         layers.append({"layer": li, "tokens": tokens})
@@ -234,9 +235,9 @@ def _add_batch(model: VTModel, batch: list[tuple[str, np.ndarray]], pre: Any,
             continue
         builder = builders.setdefault(li, GalleryBuilder(la.num_tokens, options.k, options.crop))
         for (name, img), geo, m in zip(batch, geos, la.attention):
-            size = render.fit_size(img.shape[:2], 320)
+            size = codecs.fit_size(img.shape[:2], 320)
             full, _ = maps_to_original(m, geo, size)
-            builder.add(render.resize_image(img, size), name, full)
+            builder.add(codecs.resize_image(img, size), name, full)
 
 
 def _kinds(model: VTModel) -> list[str]:
@@ -254,7 +255,7 @@ def _merge(out: Path, options: GalleryOptions, model: VTModel, model_name: str, 
             merged = builders.setdefault(layer["layer"], GalleryBuilder(len(layer["tokens"]), options.k, options.crop))
             for t, rows in enumerate(layer["tokens"]):
                 for row in rows:
-                    crop = render.decode_image(parts.folder / row["file"])
+                    crop = codecs.decode_image(parts.folder / row["file"])
                     merged.push(t, GalleryItem(row["score"], row["source"], crop, tuple(row["peak_xy"])))
     layers = []
     for li, builder in sorted(builders.items()):
@@ -264,7 +265,7 @@ def _merge(out: Path, options: GalleryOptions, model: VTModel, model_name: str, 
             rows = []
             for r, it in enumerate(items):
                 rel = f"layer{li}-{kind}/token{t:02d}/{r + 1:02d}.jpg"
-                atomic_write(out / rel, render.encode(it.crop, "jpg", quality=90))
+                atomic_write(out / rel, codecs.encode(it.crop, "jpg", quality=90))
                 rows.append({"rank": r + 1, "source": it.source, "score": round(it.score, 5),
                              "peak_xy": [round(v, 1) for v in it.peak_xy], "file": rel})
             tokens.append({"token": t, "items": rows})
@@ -296,7 +297,7 @@ def load_gallery(folder: str | Path, layer: int) -> Gallery:
     entry = next((la for la in index["layers"] if la["layer"] == layer), None)
     if entry is None:
         raise ValueError(f"{folder}: the gallery has no layer {layer}")
-    items = [[GalleryItem(it["score"], it["source"], render.decode_image(folder / it["file"]), tuple(it["peak_xy"]))
+    items = [[GalleryItem(it["score"], it["source"], codecs.decode_image(folder / it["file"]), tuple(it["peak_xy"]))
               for it in tok["items"]] for tok in entry["tokens"]]
     return Gallery(layer, entry["kind"], items)
 

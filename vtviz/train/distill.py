@@ -47,7 +47,7 @@ from vtviz.train.dev import dev_split
 from vtviz.train.kd import mixup_batch
 from vtviz.train.loop import _param_groups
 from vtviz.train.regularisers import diversity_penalty, regularise
-from vtviz.viz.render import region_pieces
+from vtviz.viz.contours import region_pieces
 
 #: EfficientNet-Lite0's preprocessing: centre crop of 87.5% of the shorter side, 224 px, (x/255-0.5)/0.5.
 LITE_PREPROCESS = Preprocess(size=224, fit=Fit.CROP, crop_pct=0.875, mean=MEAN, std=STD)

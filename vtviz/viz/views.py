@@ -30,8 +30,8 @@ from vtviz.maps.tokens import (
     normalize_with_range,
     token_table,
 )
-from vtviz.viz import render
-from vtviz.viz.render import Colormap
+from vtviz.viz import codecs, colors, contours, heatmap, layout
+from vtviz.viz.colors import Colormap
 
 
 class MapKind(str, enum.Enum):
@@ -110,7 +110,7 @@ def _letterbox(img: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tup
     h, w = max(1, round(img.shape[0] * r)), max(1, round(img.shape[1] * r))
     out = np.full((ch, cw, 3), 255, np.uint8)
     y0, x0 = (ch - h) // 2, (cw - w) // 2
-    out[y0:y0 + h, x0:x0 + w] = render.resize_image(img, (h, w))
+    out[y0:y0 + h, x0:x0 + w] = codecs.resize_image(img, (h, w))
     return out, (y0, x0, h, w)
 
 
@@ -148,36 +148,36 @@ def _scaled(result: ImageMaps, layer: int, tokens: Sequence[int], kind: MapKind 
 
 
 def _draw(base: np.ndarray, unit: Tensor, geometry: Geometry, options: RenderOptions,
-          regions: render.Regions | None) -> np.ndarray:
+          regions: contours.Regions | None) -> np.ndarray:
     """Overlays ``[T, H, W, 3]`` of unit maps ``[T, h, w]`` on ``base`` (the original, resized),
     with ``regions`` outlined (:func:`_regions`)."""
     full, mask = maps_to_original(unit, geometry, base.shape[:2])
-    return render.overlay(base, full.numpy(), options.colormap, options.alpha, vmin=0.0, vmax=1.0,
+    return heatmap.overlay(base, full.numpy(), options.colormap, options.alpha, vmin=0.0, vmax=1.0,
                           mask=mask.numpy(), dim=options.dim, gamma=options.gamma,
                           marker=options.marker, regions=regions)
 
 
-def _regions(maps: Tensor, geometry: Geometry, mass: float | None) -> render.Regions | None:
+def _regions(maps: Tensor, geometry: Geometry, mass: float | None) -> contours.Regions | None:
     """The ``mass`` regions of maps ``[T, h, w]`` (of the model's own values, so that every
     picture of a token outlines the same region) on their photo, traced once on a coarse
-    sampling of it (:data:`vtviz.viz.render.TRACE_SAMPLES` across its shorter side) for pictures of
+    sampling of it (:data:`vtviz.viz.contours.TRACE_SAMPLES` across its shorter side) for pictures of
     any size; None when ``mass`` is None (no contours)."""
     return None if mass is None else _traced(maps, geometry, mass)
 
 
-def _traced(maps: Tensor, geometry: Geometry, mass: float) -> render.Regions:
+def _traced(maps: Tensor, geometry: Geometry, mass: float) -> contours.Regions:
     """:func:`_regions` at a given ``mass``."""
     oh, ow = geometry.original_size
-    k = min(1.0, render.TRACE_SAMPLES / max(1, min(oh, ow)))
+    k = min(1.0, contours.TRACE_SAMPLES / max(1, min(oh, ow)))
     full, _ = maps_to_original(maps, geometry, (max(1, round(oh * k)), max(1, round(ow * k))))
-    return render.trace_regions(full.numpy(), mass, smooth=True)
+    return contours.trace_regions(full.numpy(), mass, smooth=True)
 
 
 def _scale_footer(options: RenderOptions, vmax: float | None, length: int,
                   kind: MapKind | str) -> np.ndarray:
     label = (f"{MapKind(kind).value}: each map from its min to its max" if vmax is None
              else f"{MapKind(kind).value}: one scale for all maps shown")
-    return render.colorbar(options.colormap, 0.0, 1.0 if vmax is None else vmax, length, label=label,
+    return layout.colorbar(options.colormap, 0.0, 1.0 if vmax is None else vmax, length, label=label,
                            alpha=options.alpha, gamma=options.gamma, dim=options.dim)
 
 
@@ -196,7 +196,7 @@ def token_grid(result: ImageMaps, layer: int, tokens: Sequence[int],
     col_labels = [_image_label(result, i, names) for i in idx]
     title = f"{layer_label(layer, result.maps.layers[layer])} · {MapKind(kind).value}"
     footer = _scale_footer(options, vmax, min(360, options.cell * len(idx)), kind)
-    return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=col_labels,
+    return layout.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=col_labels,
                        title=title, footer=footer)
 
 
@@ -220,7 +220,7 @@ def layer_grid(result: ImageMaps, image: int, tokens: Sequence[int],
         labels.append(layer_label(la, result.maps.layers[la]) + (" (matched)" if matching else ""))
     footer = _scale_footer(options, None, min(360, options.cell * len(layers)), kind)
     cells = [[col[t] for col in columns] for t in range(len(tokens))]
-    return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
+    return layout.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
                        title=name or _image_label(result, image, None), footer=footer)
 
 
@@ -237,7 +237,7 @@ def _matched_column(result: ImageMaps, layer: int, tokens: Sequence[int], kind: 
     cells = []
     for t, cell in zip(tokens, ov[0]):
         text = matching.label(t)
-        strip = render.text_strip(text, cell.shape[1], 18, size=12,
+        strip = layout.text_strip(text, cell.shape[1], 18, size=12,
                                   background=(255, 235, 200) if "weak" in text else (235, 245, 255))
         cells.append(np.concatenate([strip, cell[18:]], axis=0))
     return cells
@@ -258,7 +258,7 @@ def model_grid(results: Sequence[ImageMaps], model_names: Sequence[str], layer: 
     for res, mname in zip(results, model_names):
         la = min(layer, len(res.maps.layers) - 1)
         labels.append(f"{mname} · layer {la} ({res.maps.layers[la].kind}) · {res.prediction_label(image)}")
-    width = max(options.cell, *(render.text_width(t) for t in labels))
+    width = max(options.cell, *(layout.text_width(t) for t in labels))
     shape = cell_shape([results[0].images[image]], width)
     first = results[0].maps.layers[min(layer, len(results[0].maps.layers) - 1)].attention
     columns = []
@@ -270,7 +270,7 @@ def model_grid(results: Sequence[ImageMaps], model_names: Sequence[str], layer: 
     cells = [[col[t] for col in columns] for t in range(len(tokens))]
     image_name = names[image] if names and image < len(names) else f"image {image}"
     footer = _scale_footer(options, None, min(360, width * len(columns)), kind)
-    return render.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
+    return layout.grid(cells, row_labels=[f"token {t}" for t in tokens], col_labels=labels,
                        title=f"{image_name} · {MapKind(kind).value}" + (" · tokens matched" if match else ""),
                        footer=footer)
 
@@ -284,17 +284,18 @@ def partition_view(result: ImageMaps, image: int, layer: int, size: int = 448,
     use_assignment = chosen is not None
     weights = (chosen if chosen is not None else la.attention)[image]
     base = result.images[image]
-    h, w = render.fit_size(base.shape[:2], size)
+    h, w = codecs.fit_size(base.shape[:2], size)
     full, mask = maps_to_original(weights, result.geometries[image], (h, w))
-    part = render.partition(render.resize_image(base, (h, w)), full.numpy(), mask=mask.numpy())
+    part = contours.partition(codecs.resize_image(base, (h, w)), full.numpy(), mask=mask.numpy())
     by = "projector assignment" if use_assignment else "tokenizer attention"
-    title = render.text_strip(f"{layer_label(layer, la)} · owner of each pixel by {by}", w)
-    share = np.bincount(render.owners(weights.float().numpy()).ravel(), minlength=weights.shape[0]) / weights[0].numel()
+    title = layout.text_strip(f"{layer_label(layer, la)} · owner of each pixel by {by}", w)
+    owner = contours.owners(weights.float().numpy())
+    share = np.bincount(owner.ravel(), minlength=weights.shape[0]) / weights[0].numel()
     shown = [t for t in range(weights.shape[0]) if share[t] > 0]  # tokens that own no pixel are not listed
-    leg = render.legend([f"token {t} · {share[t]:.0%}" for t in shown],
-                        palette=render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in shown]],
+    leg = layout.legend([f"token {t} · {share[t]:.0%}" for t in shown],
+                        palette=colors.TOKEN_COLORS[[t % len(colors.TOKEN_COLORS) for t in shown]],
                         columns=max(1, min(6, w // 110)), cell=(110, 18))
-    return render.stack_vertical([title, part, leg])
+    return layout.stack_vertical([title, part, leg])
 
 
 def mixing_view(result: ImageMaps, image: int, layer: int, cell: int = 18,
@@ -302,12 +303,12 @@ def mixing_view(result: ImageMaps, image: int, layer: int, cell: int = 18,
     """The L x L token-mixing matrix (row i: how token i reads the others) as a labelled picture."""
     m = result.maps.layers[layer].token_mixing[image].numpy()
     n = m.shape[0]
-    img = render.colorize(render.scale_map(m, 0.0, float(m.max())), colormap)
+    img = colors.colorize(colors.scale_map(m, 0.0, float(m.max())), colormap)
     # one grid cell per matrix entry: the grid's row and column labels are the token numbers
     cells = [[np.broadcast_to(img[i, j], (cell, cell, 3)).copy() for j in range(n)] for i in range(n)]
-    footer = render.colorbar(colormap, 0.0, float(m.max()), min(n * (cell + 1), 360),
+    footer = layout.colorbar(colormap, 0.0, float(m.max()), min(n * (cell + 1), 360),
                              label="attention weight (each row sums to 1 over the tokens it reads)")
-    return render.grid(cells, row_labels=[f"{i}" for i in range(n)], col_labels=[f"{j}" for j in range(n)],
+    return layout.grid(cells, row_labels=[f"{i}" for i in range(n)], col_labels=[f"{j}" for j in range(n)],
                        gap=1, label_width=24, footer=footer,
                        title=f"token mixing, layer {layer}: row = reading token, column = token read")
 
@@ -321,10 +322,10 @@ def token_statistics(result: ImageMaps, layer: int, token: int) -> list[dict[str
 def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequence[int] | None = None,
                        isolate: int | None = None, size: int = 448,
                        options: RenderOptions = RenderOptions(),
-                       regions: render.Regions | None = None, base: np.ndarray | None = None,
+                       regions: contours.Regions | None = None, base: np.ndarray | None = None,
                        title: bool = True, legend: bool = True) -> np.ndarray:
     """All tokens of one image at once: each token's 50%-mass region in its own colour
-    (:data:`vtviz.viz.render.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
+    (:data:`vtviz.viz.colors.TOKEN_COLORS`), outlined, with its number at its peak, on the dimmed
     photo; ``isolate`` keeps one token bright and the others as thin outlines. A title with the
     prediction and a colour legend frame it; when the regions are fragmented (``FRAGMENTED``
     pieces per token or more, on the token grid) a line under the title says so. ``regions``: those of
@@ -334,23 +335,23 @@ def constellation_view(result: ImageMaps, image: int, layer: int, tokens: Sequen
     la = result.maps.layers[layer]
     toks = list(range(la.num_tokens)) if tokens is None else [t for t in tokens if t < la.num_tokens]
     src = result.images[image]
-    hw = render.fit_size(src.shape[:2], size)
+    hw = codecs.fit_size(src.shape[:2], size)
     if base is None or base.shape[:2] != hw:
-        base = render.dim_image(render.resize_image(src, hw), options.dim)
+        base = colors.dim_image(codecs.resize_image(src, hw), options.dim)
     faint = None if isolate is None else [t != isolate for t in toks]
-    palette = render.TOKEN_COLORS[[t % len(render.TOKEN_COLORS) for t in toks]]
+    palette = colors.TOKEN_COLORS[[t % len(colors.TOKEN_COLORS) for t in toks]]
     regions = regions or _traced(la.attention[image, toks], result.geometries[image], ALL_TOKENS_MASS)
-    pic = render.constellation(base, regions, [str(t) for t in toks], faint=faint, palette=palette)
-    heading = render.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
-    leg = render.legend([f"token {t}" for t in toks], palette=palette,
+    pic = contours.constellation(base, regions, [str(t) for t in toks], faint=faint, palette=palette)
+    heading = layout.text_strip(f"{layer_label(layer, la)} · all tokens · {result.prediction_label(image)}", hw[1])
+    leg = layout.legend([f"token {t}" for t in toks], palette=palette,
                         columns=max(1, min(8, hw[1] // 90)))
     rows = [heading] if title else []
     rows += [pic, leg] if legend else [pic]
-    pieces = float(render.region_pieces(la.attention[image, toks].float().cpu().numpy()).mean()) if toks else 0.0
+    pieces = float(contours.region_pieces(la.attention[image, toks].float().cpu().numpy()).mean()) if toks else 0.0
     if pieces >= FRAGMENTED:  # say on the view why it is a tangle
         note = f"spread-out maps: {pieces:.1f} pieces per token (see them one by one in the grid)"
-        rows.insert(1 if title else 0, render.text_strip(note, hw[1], size=12))
-    return render.stack_vertical(rows)
+        rows.insert(1 if title else 0, layout.text_strip(note, hw[1], size=12))
+    return layout.stack_vertical(rows)
 
 
 
@@ -360,18 +361,18 @@ def class_map_view(image: np.ndarray, geometry: Geometry, panels: Sequence[tuple
     """"Why this class" for one photo: each of ``panels`` (label, class map ``[h, w]``, e.g. the
     class token map of each layer and Grad-CAM) drawn over the photo on its own range (its
     positive part from 0 to its max), side by side under ``title``, with the colour bar. RGB uint8."""
-    hw = render.fit_size(image.shape[:2], size)
-    base = render.resize_image(image, hw)
+    hw = codecs.fit_size(image.shape[:2], size)
+    base = codecs.resize_image(image, hw)
     cells = []
     for label, m in panels:
         m = m.float().clamp(min=0)
         unit = m / m.max().clamp(min=1e-12)
         drawn = _draw(base, unit[None], geometry, options, _regions(m[None], geometry, options.contour))
-        cells.append(render.labelled(drawn[0], label))
-    footer = render.colorbar(options.colormap, 0.0, 1.0, min(360, len(cells) * hw[1]),
+        cells.append(layout.labelled(drawn[0], label))
+    footer = layout.colorbar(options.colormap, 0.0, 1.0, min(360, len(cells) * hw[1]),
                              label="class evidence: each map from 0 to its max (positive part only)",
                              alpha=options.alpha, gamma=options.gamma, dim=options.dim)
-    return render.tile(cells, columns=len(cells), title=title, footer=footer)
+    return layout.tile(cells, columns=len(cells), title=title, footer=footer)
 
 
 # --------------------------------------------------------------------------- one image, all outputs
@@ -410,12 +411,12 @@ def image_pictures(result: ImageMaps, image: int, layers: Sequence[int] | None =
     """
     picked = range(len(result.maps.layers)) if layers is None else layers
     src = result.images[image]
-    hw = render.fit_size(src.shape[:2], size) if size and max(src.shape[:2]) > size else src.shape[:2]
-    draw_hw = hw if full_overlays or not sheets else render.fit_size(hw, min(SHEET_CELL, max(hw)))
-    base = render.dim_image(render.resize_image(src, (draw_hw[0], draw_hw[1])), options.dim)
-    stars_hw = render.fit_size(src.shape[:2], max(hw))  # the all-tokens view's photo, once for all layers
+    hw = codecs.fit_size(src.shape[:2], size) if size and max(src.shape[:2]) > size else src.shape[:2]
+    draw_hw = hw if full_overlays or not sheets else codecs.fit_size(hw, min(SHEET_CELL, max(hw)))
+    base = colors.dim_image(codecs.resize_image(src, (draw_hw[0], draw_hw[1])), options.dim)
+    stars_hw = codecs.fit_size(src.shape[:2], max(hw))  # the all-tokens view's photo, once for all layers
     stars_base = base if stars_hw == base.shape[:2] else (
-        render.dim_image(render.resize_image(src, stars_hw), options.dim) if sheets else None)
+        colors.dim_image(codecs.resize_image(src, stars_hw), options.dim) if sheets else None)
     flat = replace(options, dim=0.0)  # the photo is dimmed once for every layer
     out = []
     for li in picked:
@@ -444,11 +445,11 @@ SHEET_CELL = 192  # longer side of a token-sheet cell, px
 def token_sheet(overlays: np.ndarray, tokens: Sequence[int], title: str,
                 options: RenderOptions, cell: int = SHEET_CELL, columns: int = 4) -> np.ndarray:
     """Overlays ``[T, H, W, 3]`` of one image tiled ``columns`` per row, labelled, with a colour bar."""
-    cell_size = render.fit_size(overlays.shape[1:3], min(cell, max(overlays.shape[1:3])))
-    cells = [render.labelled(render.resize_image(img, cell_size), f"token {t}")
+    cell_size = codecs.fit_size(overlays.shape[1:3], min(cell, max(overlays.shape[1:3])))
+    cells = [layout.labelled(codecs.resize_image(img, cell_size), f"token {t}")
              for t, img in zip(tokens, overlays)]
     footer = _scale_footer(options, None, min(300, columns * cell_size[1]), MapKind.ATTENTION)
-    return render.tile(cells, columns=columns, title=title, footer=footer)
+    return layout.tile(cells, columns=columns, title=title, footer=footer)
 
 
 # --------------------------------------------------------------------------- downloads
@@ -470,7 +471,7 @@ def overlays_zip(result: ImageMaps, layer: int, tokens: Sequence[int], options: 
             folder = f"{n:02d}-{safe_stem(names[n] if n < len(names) else 'image')}"
             (pics,) = image_pictures(result, n, [layer], tokens, options, size, sheets=False)
             for t, img in zip(pics.tokens, pics.overlays):
-                zf.writestr(f"{folder}/layer{layer}-{pics.kind}/token{t:02d}.png", render.encode(img, "png"))
+                zf.writestr(f"{folder}/layer{layer}-{pics.kind}/token{t:02d}.png", codecs.encode(img, "png"))
     return buf.getvalue()
 
 
@@ -522,7 +523,7 @@ def maps_npz(result: ImageMaps, names: Sequence[str] = (), model: str = "") -> b
 
 def png_bytes(image: np.ndarray) -> bytes:
     """PNG bytes of an RGB uint8 picture."""
-    return render.encode(image, "png")
+    return codecs.encode(image, "png")
 
 
 def figure(image: np.ndarray, title: str = "", width: float | None = None):
