@@ -27,13 +27,14 @@ from vtviz.maps.diagnostics import DiagnosticsAccumulator
 from vtviz.maps.tokens import from_output, map_correlation
 from vtviz.models.vt import Ablation
 from vtviz.preprocess import Fit, Preprocess
+from vtviz.runtime import autocast_for
 from vtviz.train.dev import dev_split
 from vtviz.train.distill import teacher_logits
 from vtviz.viz.contours import region_pieces
 
 
 def _passes(model, x):
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), autocast_for(torch.device("cpu")):  # bfloat16 where the CPU has native units
         fmap = model.stem(x)
         out = model.explain_features(fmap)
         zeroed = model.explain_features(fmap, Ablation(recurrent_dynamic=False))
