@@ -35,7 +35,7 @@ from vtviz.errors import ImageError, json_text
 from vtviz.files import atomic_write, remove_stale_temporaries
 from vtviz.image import Geometry, Inputs, fit_image, load_image_reduced, scan_inputs, to_tensor
 from vtviz.indices import parse_indices
-from vtviz.jobs.runner import Parts, Shard, fingerprint
+from vtviz.jobs.runner import Parts, Shard, fingerprint, read_jsonl
 from vtviz.jobs.workers import stop_pool, worker_pool
 from vtviz.maps.diagnostics import image_diagnostics
 from vtviz.maps.explain import ood_scores, preprocess_for, token_maps
@@ -121,18 +121,8 @@ def safe_name(path: Path) -> str:
 # --------------------------------------------------------------------------- manifest
 def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     """Input records of the manifest and of unmerged parts, by source path (latest wins)."""
-    records: dict[str, dict[str, Any]] = {}
-    manifest = out_dir / MANIFEST
-    lines = manifest.read_text(encoding="utf-8").splitlines() if manifest.exists() else []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if isinstance(rec, dict) and "source" in rec:
-            records[rec["source"]] = rec
-    records.update((rec["source"], rec) for rec in Parts(out_dir).records() if "source" in rec)
-    return records
+    merged = [*read_jsonl(out_dir / MANIFEST), *Parts(out_dir).records()]
+    return {rec["source"]: rec for rec in merged if "source" in rec}
 
 
 def is_complete(record: dict[str, Any], out_dir: Path) -> bool:

@@ -65,13 +65,7 @@ class Parts:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every rank's records, file by file in name order (lines cut by a kill are skipped)."""
         for part in sorted(self.folder.glob("*.jsonl")):
-            for line in part.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
+            yield from read_jsonl(part)
 
     def writer(self) -> _Writer:
         """An append-only writer of this rank's part (a context manager)."""
@@ -85,6 +79,19 @@ class Parts:
     def clear(self) -> None:
         """Remove every part (after a merge, or before a fresh start)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per line; a line cut by a kill is skipped,
+    and a missing file has none."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            yield rec
 
 
 class _Writer:
