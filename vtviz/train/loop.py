@@ -19,7 +19,6 @@ hardware has native units (:mod:`vtviz.runtime`); a resumable ``last.pt`` after 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from vtviz.data import ImageFolderData, normalize_batch, random_resized_crop, read_image_folder
 from vtviz.jobs.evaluate import evaluate_arrays
+from vtviz.jobs.runner import fingerprint
 from vtviz.models.checkpoint import load_model, model_meta, save_model
 from vtviz.models.meta import ModelMeta
 from vtviz.models.registry import ARCHITECTURES, SUFFIX, build_model
@@ -75,12 +75,9 @@ class _Objective(nn.Module):
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-1 of every parameter and buffer: equal on all ranks when DDP kept them in sync."""
-    h = hashlib.sha1()
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """A hash of every parameter and buffer (:func:`vtviz.jobs.runner.fingerprint`): equal on all
+    ranks when DDP kept them in sync."""
+    return fingerprint(model, {})
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
