@@ -210,8 +210,15 @@ elif not files:
     st.caption("Showing four photos that scikit-image ships (app/samples/README.md). Upload your own above.")
 result, shown = run_model(model_key, uploads, fit)
 names = [up.name for up in shown]
-# photo pickers are keyed by the photo set: a new set gets fresh pickers (a kept one showed a stale name)
-photos_key = zlib.crc32("\n".join(names).encode())
+PHOTOS_KEY = zlib.crc32("\n".join(names).encode())
+
+
+def pick_photo(label: str, key: str, **kwargs) -> int:
+    """One photo of this page, by name. Keyed by the photo set: a new set gets a fresh picker
+    (a kept one showed a stale name after an upload)."""
+    return st.selectbox(label, page_ids, format_func=lambda i: names[i], key=f"{key}-{PHOTOS_KEY}", **kwargs)
+
+
 captions = [plain(name) for name in names]  # image captions render Markdown: file names are made inert
 if result is None:
     st.warning("No image could be read.")
@@ -247,7 +254,7 @@ if view == "Overview":
             st.markdown(photo_line(i))
             if (note := result.unfamiliar_note(i)) is not None:
                 st.caption(plain(note))
-    image = st.selectbox("Tokens of", page_ids, format_func=lambda i: names[i], key=f"strip_image-{photos_key}")
+    image = pick_photo("Tokens of", "strip_image")
     strip, _ = views.overlays(result, layer, tokens, kind, dataclasses.replace(options, contour=None),
                               [image], cell=STRIP_CELL)
     st.image([codecs.encode(p, "jpg", quality=90) for p in strip[0]], caption=[f"token {t}" for t in tokens],
@@ -282,7 +289,7 @@ elif view == "All tokens":
                "number at its peak; the photo is dimmed. Compare where the same token lands across images.")
 
 elif view == "Why this class":
-    image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key=f"why_image-{photos_key}")
+    image = pick_photo("Image", "why_image")
     predicted = int(result.maps.logits[image].argmax())
     target = st.selectbox("Class", range(len(result.classes)), index=predicted, key="why_class",
                           format_func=lambda c: result.classes[c] + (" (predicted)" if c == predicted else ""),
@@ -309,7 +316,7 @@ elif view == "Why this class":
                   for k in contrib.argsort(descending=True).tolist()], height=200)
 
 elif view == "Filter vs recurrent":
-    image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key=f"tok_image-{photos_key}")
+    image = pick_photo("Image", "tok_image")
     st.image(views.layer_grid(result, image, tokens, kind, options, name=names[image]),
              caption="one image: rows are the first layer's tokens; each later layer shows the token "
                      "matched to it (Hungarian matching of the maps over all images shown)")
@@ -321,8 +328,7 @@ elif view == "Compare models":
         st.info("Only one model is loaded: add a checkpoint to compare.")
     else:
         other_label = st.selectbox("Compare with", others, key="other_model")
-        image = st.selectbox("Image", page_ids, format_func=lambda i: names[i], key=f"cmp_image-{photos_key}",
-                             help="One image at a time, so that the comparison stays readable")
+        image = pick_photo("Image", "cmp_image", help="One image at a time, so that the comparison stays readable")
         other_result, _ = run_model(st.session_state.models[other_label], shown, fit)
         if other_result is not None:
             # tokens are matched over every image shown, not only this one
@@ -373,8 +379,7 @@ else:
                "distance of the attention from its centre of mass, in cells; top10: share of the attention "
                "in the 10% most attended cells; overlap: mean IoU of this token's 50%-mass region with the "
                "other tokens' regions.")
-    image = st.selectbox("Image for the matrix and the partition", page_ids,
-                         format_func=lambda i: names[i], key=f"detail_image-{photos_key}")
+    image = pick_photo("Image for the matrix and the partition", "detail_image")
     c1, c2 = st.columns(2)
     c1.image(views.mixing_view(result, image, layer), caption="token mixing (transformer attention)")
     c2.image(views.partition_view(result, image, layer, by=kind), caption="which token owns each pixel")
